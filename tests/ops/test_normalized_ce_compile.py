@@ -1,0 +1,57 @@
+"""torch.compile(fullgraph=True) through the custom ops, with ignored rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tfllmer_fast as tf
+from tests.ops.normalized_ce_cases import make_inputs, rel_err
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_compile_fullgraph_with_ignored_rows(impl, device):
+    torch._dynamo.reset()
+    hidden, items, targets = make_inputs(24, 70, 16, torch.float32, device, ignore_rows=(0, 5, 6, 23))
+
+    def step(h, e, t):
+        out = tf.normalized_softmax_ce(h, e, t, impl=impl, temperature=0.5, label_smoothing=0.1, return_lse=True)
+        return out.loss + 1e-3 * out.lse.mean()
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        h = hidden.clone().requires_grad_()
+        e = items.clone().requires_grad_()
+        loss = fn(h, e, targets)
+        loss.backward()
+        results.append((loss.detach(), h.grad, e.grad))
+    (eager_loss, eager_dh, eager_de), (comp_loss, comp_dh, comp_de) = results
+    assert rel_err(comp_loss, eager_loss) < 1e-6
+    assert rel_err(comp_dh, eager_dh) < 1e-5
+    assert rel_err(comp_de, eager_de) < 1e-5
+
+
+def test_fake_tensor_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        h = torch.empty(12, 16)
+        e = torch.empty(50, 16)
+        t = torch.zeros(12, dtype=torch.long)
+        rows, lse, o = torch.ops.tfllmer_fast.normalized_ce_fwd(
+            h, e, t, 1.0, True, False, 1e-12, -100, 0.0, torch.float32, True, False
+        )
+        grad_e = torch.ops.tfllmer_fast.normalized_ce_item_grad(
+            h, e, t, lse, rows, rows, 1.0, True, False, 1e-12, 0.0, torch.float32
+        )
+    assert rows.shape == (12,) and lse.shape == (12,) and o.shape == (12, 16)
+    assert grad_e.shape == (50, 16)
+
+
+def test_opcheck():
+    hidden, items, targets = make_inputs(8, 40, 16, torch.float32, "cpu")
+    torch.library.opcheck(
+        torch.ops.tfllmer_fast.normalized_ce_fwd.default,
+        (hidden, items, targets, 1.0, True, False, 1e-12, -100, 0.0, torch.float32, True, False),
+        test_utils=("test_schema", "test_faketensor"),
+    )

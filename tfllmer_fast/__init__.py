@@ -1,0 +1,8 @@
+"""tfllmer_fast: fused GPU kernels for large-catalog sequential recommendation."""
+
+from .head import NormalizedSoftmaxHead
+from .ops import NormalizedCEOutput, normalized_softmax_ce
+
+__version__ = "0.1.0"
+
+__all__ = ["NormalizedSoftmaxHead", "NormalizedCEOutput", "normalized_softmax_ce", "__version__"]

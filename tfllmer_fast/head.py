@@ -1,0 +1,106 @@
+"""``NormalizedSoftmaxHead``: the item table plus the fused full-softmax loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .ops.normalized_ce import normalized_softmax_ce
+from .reference.normalized_ce import normalized_logits
+
+
+class NormalizedSoftmaxHead(nn.Module):
+    """Output head over ``num_items`` items with an owned (shareable) item table.
+
+    ``forward(hidden, targets)`` is ``normalized_softmax_ce(hidden, self.weight,
+    targets, ...)``: hidden (..., dim), targets (...) -> scalar loss (or per-row
+    with ``reduction="none"``). With ``padding_idx`` the padding row starts at
+    zero and never receives gradient (as in ``nn.Embedding``), and targets equal
+    to it are ignored. Tie the table to a backbone's input embedding with
+    ``embedding.weight = head.weight``.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        *,
+        temperature: float = 1.0,
+        normalize_items: bool = True,
+        normalize_hidden: bool = False,
+        padding_idx: int | None = None,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if num_items <= 0 or dim <= 0:
+            raise ValueError(f"num_items and dim must be positive, got {num_items} and {dim}")
+        if padding_idx is not None and not 0 <= padding_idx < num_items:
+            raise ValueError(f"padding_idx must lie in [0, {num_items}), got {padding_idx}")
+        self.num_items = num_items
+        self.dim = dim
+        self.temperature = temperature
+        self.normalize_items = normalize_items
+        self.normalize_hidden = normalize_hidden
+        self.padding_idx = padding_idx
+        self.impl = impl
+        self.weight = nn.Parameter(torch.empty(num_items, dim, device=device, dtype=dtype))
+        self.reset_parameters()
+        if padding_idx is not None:
+            self.weight.register_hook(self._zero_padding_grad)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.dim))
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].zero_()
+
+    def _zero_padding_grad(self, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad[self.padding_idx] = 0
+        return grad
+
+    def forward(
+        self,
+        hidden: Tensor,
+        targets: Tensor,
+        *,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        return_lse: bool = False,
+    ):
+        return normalized_softmax_ce(
+            hidden,
+            self.weight,
+            targets,
+            temperature=self.temperature,
+            normalize_items=self.normalize_items,
+            normalize_hidden=self.normalize_hidden,
+            ignore_index=-100 if self.padding_idx is None else self.padding_idx,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            weight=weight,
+            return_lse=return_lse,
+            impl=self.impl,
+        )
+
+    def scores(self, hidden: Tensor) -> Tensor:
+        """Dense logits (..., num_items), for small catalogs and debugging."""
+        return normalized_logits(
+            hidden,
+            self.weight,
+            temperature=self.temperature,
+            normalize_items=self.normalize_items,
+            normalize_hidden=self.normalize_hidden,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_items={self.num_items}, dim={self.dim}, temperature={self.temperature}, "
+            f"normalize_items={self.normalize_items}, normalize_hidden={self.normalize_hidden}, "
+            f"padding_idx={self.padding_idx}"
+        )

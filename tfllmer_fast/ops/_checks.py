@@ -1,0 +1,93 @@
+"""Argument checks shared by the public ops: each error names the argument."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+IMPLS = ("auto", "triton", "torch")
+
+
+def check_float_tensor(name: str, x, ndim_min: int = 1, dtypes=FLOAT_DTYPES + (torch.float64,)) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
+    if x.dim() < ndim_min:
+        raise ValueError(f"{name} must have at least {ndim_min} dimension(s), got shape {tuple(x.shape)}")
+
+
+def check_same_device(**tensors) -> None:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def check_index_tensor(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {x.dtype}")
+
+
+def compute_dtype(hidden: torch.Tensor, item_emb: torch.Tensor) -> torch.dtype:
+    """The dtype of the matmul operands. Under autocast it is the autocast dtype
+    (an fp32 item table with bf16 queries is the usual mixed-precision case);
+    otherwise both inputs must agree."""
+    device_type = hidden.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    if hidden.dtype != item_emb.dtype:
+        raise TypeError(
+            f"hidden is {hidden.dtype} but item_emb is {item_emb.dtype}; cast one of them "
+            "or run under torch.autocast"
+        )
+    return hidden.dtype
+
+
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Pick the implementation: 'auto' means Triton on CUDA, torch otherwise. An
+    explicit choice that cannot run raises and says why."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and dtype in FLOAT_DTYPES else "torch"
+    if impl == "triton":
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"impl='triton' supports fp32, fp16 and bf16 inputs, got {dtype}; use impl='torch'")
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("impl='triton' needs the triton package, which is not installed") from exc
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise RuntimeError(
+                f"impl='triton' needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 before "
+                "importing tfllmer_fast to run the kernels on CPU tensors through Triton's interpreter"
+            )
+    return impl
+
+
+def invalid_targets(targets: torch.Tensor, num_items: int, ignore_index: int) -> torch.Tensor:
+    """Mask of rows whose target is neither the ignore index nor in [0, num_items)."""
+    return (targets != ignore_index) & ((targets < 0) | (targets >= num_items))
+
+
+def raise_on_invalid_targets(targets: torch.Tensor, num_items: int, ignore_index: int) -> None:
+    """Synchronizing check; callers use it on CPU, or on CUDA when asked to."""
+    bad = invalid_targets(targets, num_items, ignore_index)
+    if bool(bad.any()):
+        idx = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"targets[{idx}] = {int(targets[idx])} is out of range: targets must lie in "
+            f"[0, {num_items}) or equal ignore_index={ignore_index}"
+        )
+
+
+def raise_on_non_finite(name: str, x: torch.Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")

@@ -1,0 +1,158 @@
+"""``normalized_softmax_ce``: full-softmax cross-entropy against L2-normalized items.
+
+Input checks and dispatch live here; the fused path is in
+``normalized_ce_triton`` and the plain torch reference in
+``tfllmer_fast.reference.normalized_ce``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..reference.normalized_ce import normalized_ce_rows
+from . import _checks
+from . import normalized_ce_triton  # noqa: F401  (registers the custom ops)
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class NormalizedCEOutput(NamedTuple):
+    """``loss`` as reduced; ``lse`` the per-row log-sum-exp (fp32, shape of targets)."""
+
+    loss: Tensor
+    lse: Tensor
+
+
+def normalized_softmax_ce(
+    hidden: Tensor,
+    item_emb: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    normalize_items: bool = True,
+    normalize_hidden: bool = False,
+    eps: float = 1e-12,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    return_lse: bool = False,
+    impl: str = "auto",
+    check_inputs: bool = False,
+    chunk_size: int | None = None,
+):
+    """Cross-entropy over all N items without materializing the (B, N) logits.
+
+    Shapes: ``hidden`` (..., d), ``item_emb`` (N, d), ``targets`` (...) int64,
+    ``weight`` (...) optional per-row weights. The logits are
+    ``<h', e'_j> / temperature`` with ``e'_j = e_j / max(||e_j||, eps)`` when
+    ``normalize_items`` and ``h'`` likewise when ``normalize_hidden``. Plain
+    torch equivalent (``weight=None``)::
+
+        e = F.normalize(item_emb, dim=-1, eps=eps) if normalize_items else item_emb
+        h = F.normalize(hidden, dim=-1, eps=eps) if normalize_hidden else hidden
+        F.cross_entropy((h @ e.T / temperature).flatten(0, -2).float(), targets.flatten(),
+                        ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing)
+
+    With ``weight`` the per-row losses are multiplied by it; ``"mean"`` then
+    divides by the weight summed over non-ignored rows. ``"mean"`` over only
+    ignored rows is NaN, as in torch; ``"sum"`` is a plain sum, so gradients
+    accumulated over micro-batches add up exactly. The loss is fp32 whatever
+    the input dtype (as ``F.cross_entropy`` gives under autocast). The valid-row
+    count stays on the device: the call never synchronizes with the host.
+
+    ``impl``: ``"triton"`` (CUDA tensors, or CPU tensors with
+    ``TRITON_INTERPRET=1``), ``"torch"`` (the chunked reference: at most
+    ``chunk_size`` x N logits at a time), ``"auto"`` (triton on CUDA, torch
+    otherwise). The Triton gradients are exact: every probability enters dH
+    and dE (cut-cross-entropy by default skips gradient blocks whose
+    probabilities all fall below a threshold), and they are deterministic (no
+    atomics). Gradients for ``item_emb`` are computed only when it requires grad.
+
+    Out-of-range targets raise on CPU; on CUDA their rows become NaN (no host
+    sync) unless ``check_inputs=True``, which also rejects NaN/Inf inputs.
+    Rows of ``item_emb`` with norm below ``eps`` (a zero padding row) take the
+    eps path exactly as ``F.normalize`` does.
+
+    Returns the loss, or ``NormalizedCEOutput(loss, lse)`` when ``return_lse``.
+    """
+    _checks.check_float_tensor("hidden", hidden)
+    _checks.check_float_tensor("item_emb", item_emb, ndim_min=2)
+    _checks.check_index_tensor("targets", targets)
+    if item_emb.dim() != 2:
+        raise ValueError(f"item_emb must be 2-D (N, d), got shape {tuple(item_emb.shape)}")
+    if hidden.shape[-1] != item_emb.shape[1]:
+        raise ValueError(
+            f"hidden has last dimension {hidden.shape[-1]} but item_emb rows have {item_emb.shape[1]}"
+        )
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(hidden.shape[:-1])}")
+    if weight is not None:
+        _checks.check_float_tensor("weight", weight, ndim_min=0)
+        if weight.shape != targets.shape:
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
+    _checks.check_same_device(hidden=hidden, item_emb=item_emb, targets=targets, weight=weight)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if item_emb.shape[0] == 0:
+        raise ValueError("item_emb has no rows")
+
+    dtype = _checks.compute_dtype(hidden, item_emb)
+    impl = _checks.resolve_impl(impl, hidden.device, dtype)
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    t1 = targets.reshape(-1).long()
+    options = dict(
+        temperature=float(temperature), normalize_items=bool(normalize_items),
+        normalize_hidden=bool(normalize_hidden), eps=float(eps), ignore_index=int(ignore_index),
+        label_smoothing=float(label_smoothing),
+    )
+    if impl == "triton":
+        compute_o = hidden.requires_grad and torch.is_grad_enabled()
+        rows, lse, _ = torch.ops.tfllmer_fast.normalized_ce_fwd(
+            h2, item_emb, t1, *options.values(), dtype, compute_o, bool(check_inputs)
+        )
+    else:
+        rows, lse = _torch_rows(h2, item_emb, t1, options, check_inputs, chunk_size)
+
+    loss = _reduce(rows, t1, weight, ignore_index, reduction, targets.shape)
+    if return_lse:
+        return NormalizedCEOutput(loss, lse.reshape(targets.shape))
+    return loss
+
+
+def _torch_rows(h2, item_emb, t1, options, check_inputs, chunk_size):
+    N = item_emb.shape[0]
+    ignore_index = options["ignore_index"]
+    if not torch.compiler.is_compiling():
+        if check_inputs or h2.device.type == "cpu":
+            _checks.raise_on_invalid_targets(t1, N, ignore_index)
+        if check_inputs:
+            _checks.raise_on_non_finite("hidden", h2)
+            _checks.raise_on_non_finite("item_emb", item_emb)
+    bad = _checks.invalid_targets(t1, N, ignore_index)
+    rows, lse = normalized_ce_rows(
+        h2, item_emb, torch.where(bad, 0, t1), **options, chunk_size=chunk_size
+    )
+    return torch.where(bad, float("nan"), rows), lse
+
+
+def _reduce(rows, t1, weight, ignore_index, reduction, shape):
+    if weight is not None:
+        rows = rows * weight.reshape(-1).to(rows.dtype)
+    if reduction == "none":
+        return rows.reshape(shape)
+    if reduction == "sum":
+        return rows.sum()
+    valid = (t1 != ignore_index).to(rows.dtype)
+    denom = valid.sum() if weight is None else (valid * weight.reshape(-1).to(rows.dtype)).sum()
+    return rows.sum() / denom
