@@ -1,6 +1,6 @@
 """Plain torch / NumPy reference implementations: the CPU path, the test oracle
 and the benchmark baseline."""
 
-from .normalized_ce import normalized_ce_rows, normalized_logits
+from .normalized_ce import normalized_ce_rows, normalized_logits, plain_normalized_ce
 
-__all__ = ["normalized_ce_rows", "normalized_logits"]
+__all__ = ["normalized_ce_rows", "normalized_logits", "plain_normalized_ce"]

@@ -85,3 +85,26 @@ def normalized_ce_rows(
     if len(losses) == 1:
         return losses[0], lses[0]
     return torch.cat(losses), torch.cat(lses)
+
+
+def plain_normalized_ce(
+    hidden: torch.Tensor,
+    item_emb: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    normalize_items: bool = True,
+    normalize_hidden: bool = False,
+    eps: float = 1e-12,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The unfused textbook head (the benchmark baseline): dense (B, N) logits,
+    then ``F.cross_entropy`` with mean reduction."""
+    logits = normalized_logits(
+        hidden.reshape(-1, hidden.shape[-1]), item_emb, temperature=temperature,
+        normalize_items=normalize_items, normalize_hidden=normalize_hidden, eps=eps,
+    )
+    return F.cross_entropy(
+        logits.float(), targets.reshape(-1), ignore_index=ignore_index, label_smoothing=label_smoothing
+    )

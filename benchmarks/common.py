@@ -1,0 +1,47 @@
+"""Shared generators and measurement helpers for the benchmark suite."""
+
+from __future__ import annotations
+
+import torch
+
+from tfllmer_fast.timing import peak_extra_memory, synchronize
+
+GPU = torch.cuda.is_available()
+NO_GPU_REASON = "no CUDA device: GPU benchmark rows need one (the CPU tier runs instead)"
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if GPU else "cpu"
+
+
+def head_inputs(batch: int, num_items: int, dim: int, dtype: torch.dtype, device, seed: int = 0):
+    """Random queries, item table (row 0 zero, as a padding row) and targets in 1..N-1."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    hidden = torch.randn(batch, dim, generator=gen, dtype=torch.float32).to(device, dtype)
+    items = torch.randn(num_items, dim, generator=gen, dtype=torch.float32).to(device, dtype)
+    items[0] = 0
+    targets = torch.randint(1, num_items, (batch,), generator=gen).to(device)
+    return hidden, items, targets
+
+
+def run_benchmark(benchmark, fn, device, *, rounds: int, flops: float | None = None, extra_bytes_ignored: int = 0):
+    """Time ``fn`` with pytest-benchmark (CUDA-synchronized), record ms,
+    TFLOP/s and the peak extra memory in ``extra_info``."""
+    dev = torch.device(device)
+    with peak_extra_memory(dev) as mem:
+        fn()
+    if mem["bytes"] is not None:
+        benchmark.extra_info["peak_extra_GiB"] = round((mem["bytes"] - extra_bytes_ignored) / 2**30, 4)
+
+    def synced():
+        fn()
+        synchronize(dev)
+
+    benchmark.pedantic(synced, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["device"] = device_name()
+    if benchmark.stats is None:  # --benchmark-disable: the function ran once, untimed
+        return
+    median_s = benchmark.stats.stats.median
+    benchmark.extra_info["ms"] = round(median_s * 1e3, 3)
+    if flops is not None:
+        benchmark.extra_info["TFLOP/s"] = round(flops / median_s / 1e12, 2)
