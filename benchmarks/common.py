@@ -45,3 +45,31 @@ def run_benchmark(benchmark, fn, device, *, rounds: int, flops: float | None = N
     benchmark.extra_info["ms"] = round(median_s * 1e3, 3)
     if flops is not None:
         benchmark.extra_info["TFLOP/s"] = round(flops / median_s / 1e12, 2)
+
+
+# (users, items, interactions) of the paper's datasets.
+DATASET_STATS = {
+    "yelp": (236_482, 128_727, 3_590_000),
+    "sports": (103_757, 201_957, 1_690_000),
+    "cds": (7_685, 5_841, 61_564),
+}
+
+
+def synthetic_interactions(num_users: int, num_items: int, num_interactions: int, *, seed: int = 0,
+                           zipf: float = 1.0, min_length: int = 5):
+    """CSR pair (indptr int64, items int32 in 1..num_items) with ``num_users``
+    sequences of at least ``min_length`` items (5-core-like), geometric extra
+    lengths, and long-tailed item popularity p(rank) ~ 1 / (rank + 10)^zipf
+    over shuffled item ids."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    extra_mean = max(num_interactions / num_users - min_length, 0.0)
+    extra = rng.geometric(1.0 / (1.0 + extra_mean), size=num_users) - 1 if extra_mean > 0 else np.zeros(num_users, int)
+    lengths = min_length + extra
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    weights = 1.0 / (np.arange(num_items) + 10.0) ** zipf
+    cdf = np.cumsum(weights / weights.sum())
+    ranks = np.searchsorted(cdf, rng.random(int(indptr[-1])), side="right").clip(max=num_items - 1)
+    item_of_rank = rng.permutation(num_items) + 1
+    return indptr, item_of_rank[ranks].astype(np.int32)

@@ -1,19 +1,16 @@
 #include "cooccurrence.h"
 
+#include "bucket.h"
+
 #include <algorithm>
 #include <numeric>
-#include <utility>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace tfllmer {
 namespace {
 
 struct Edge {
   int32_t col;
-  int64_t weight;
+  int32_t weight;
 };
 
 // Heavier first; equal weights keep the smaller id, so every backend keeps the
@@ -21,12 +18,6 @@ struct Edge {
 inline bool heavier(const Edge& a, const Edge& b) {
   return a.weight > b.weight || (a.weight == b.weight && a.col < b.col);
 }
-
-// Scatter (row, col) pairs into per-row buckets: offsets from a counting pass.
-struct Buckets {
-  std::vector<int64_t> offset;
-  std::vector<int32_t> cols;
-};
 
 template <typename Item, typename Visit>
 void for_each_pair(const int64_t* indptr, int64_t num_sequences, const Item* items, int64_t window,
@@ -42,97 +33,124 @@ void for_each_pair(const int64_t* indptr, int64_t num_sequences, const Item* ite
   }
 }
 
+// Exclusive prefix sum of counts[0..n) into offsets[0..n].
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> offsets(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  return offsets;
+}
+
 }  // namespace
 
+// All per-row work happens in place inside flat arrays addressed by row
+// offsets (no per-row allocation); rows are independent, so OpenMP splits them.
 template <typename Item>
 CsrGraph build_cooccurrence(const int64_t* indptr, int64_t num_sequences, const Item* items,
                             int64_t num_items, int64_t window, int64_t top_k) {
   const int64_t size = num_items + 1;
 
-  // 1. Every co-occurrence, in both directions, bucketed by row.
-  Buckets raw;
-  raw.offset.assign(size + 1, 0);
-  for_each_pair(indptr, num_sequences, items, window, [&](int32_t a, int32_t b) {
-    ++raw.offset[a + 1];
-    ++raw.offset[b + 1];
-  });
-  std::partial_sum(raw.offset.begin(), raw.offset.end(), raw.offset.begin());
-  raw.cols.resize(raw.offset[size]);
+  // 1. Every co-occurrence, both directions, bucketed by row.
+  std::vector<int64_t> raw_offset;
+  std::vector<int32_t> raw;
+  bucket_by_row<int32_t>(
+      size,
+      [&](int t, int tasks, auto&& visit) {
+        const auto [begin, end] = share(num_sequences, t, tasks);
+        for_each_pair(indptr + begin, end - begin, items, window, [&](int32_t a, int32_t b) {
+          visit(a, b);
+          visit(b, a);
+        });
+      },
+      raw_offset, raw);
+
+  // 2. Per row: count neighbours with a dense per-thread tally (O(degree), no
+  // sort), write (col, count) into `edges` at the row's offset, keep top_k.
+  std::vector<Edge> edges(raw.size());
+  std::vector<int64_t> kept(size, 0);
+#pragma omp parallel
   {
-    std::vector<int64_t> cursor(raw.offset.begin(), raw.offset.end() - 1);
-    for_each_pair(indptr, num_sequences, items, window, [&](int32_t a, int32_t b) {
-      raw.cols[cursor[a]++] = b;
-      raw.cols[cursor[b]++] = a;
-    });
-  }
-
-  // 2. Per row: count duplicates, keep the top_k heaviest.
-  std::vector<std::vector<Edge>> kept(size);
-#pragma omp parallel for schedule(dynamic, 256)
-  for (int64_t r = 0; r < size; ++r) {
-    auto first = raw.cols.begin() + raw.offset[r];
-    auto last = raw.cols.begin() + raw.offset[r + 1];
-    if (first == last) continue;
-    std::sort(first, last);
-    std::vector<Edge>& row = kept[r];
-    for (auto it = first; it != last;) {
-      auto run_end = std::upper_bound(it, last, *it);
-      row.push_back({*it, static_cast<int64_t>(run_end - it)});
-      it = run_end;
-    }
-    if (top_k >= 0 && static_cast<int64_t>(row.size()) > top_k) {
-      std::partial_sort(row.begin(), row.begin() + top_k, row.end(), heavier);
-      row.resize(top_k);
-    }
-  }
-  std::vector<int32_t>().swap(raw.cols);
-
-  // 3. max(A, A^T): each kept edge goes to both of its rows; duplicates keep the max.
-  std::vector<std::vector<Edge>> sym(size);
-  if (top_k >= 0) {
-    std::vector<int64_t> extra(size, 0);
-    for (int64_t r = 0; r < size; ++r)
-      for (const Edge& e : kept[r]) ++extra[e.col];
-    for (int64_t r = 0; r < size; ++r) sym[r].reserve(kept[r].size() + extra[r]);
+    std::vector<int32_t> tally(size, 0);
+#pragma omp for schedule(dynamic, 512)
     for (int64_t r = 0; r < size; ++r) {
-      for (const Edge& e : kept[r]) {
-        sym[r].push_back(e);
-        sym[e.col].push_back({static_cast<int32_t>(r), e.weight});
+      Edge* out = edges.data() + raw_offset[r];
+      int64_t distinct = 0;
+      for (int64_t i = raw_offset[r]; i < raw_offset[r + 1]; ++i) {
+        if (tally[raw[i]]++ == 0) out[distinct++].col = raw[i];
+      }
+      for (int64_t i = 0; i < distinct; ++i) {
+        out[i].weight = tally[out[i].col];
+        tally[out[i].col] = 0;
+      }
+      if (top_k >= 0 && distinct > top_k) {
+        std::partial_sort(out, out + top_k, out + distinct, heavier);
+        distinct = top_k;
+      } else if (top_k < 0) {
+        std::sort(out, out + distinct, [](const Edge& a, const Edge& b) { return a.col < b.col; });
+      }
+      kept[r] = distinct;
+    }
+  }
+  std::vector<int32_t>().swap(raw);
+
+  CsrGraph result;
+  if (top_k < 0) {
+    // Every edge kept: already symmetric.
+    result.indptr = offsets_of(kept);
+    result.indices.resize(result.indptr[size]);
+    result.data.resize(result.indptr[size]);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < size; ++r) {
+      const Edge* in = edges.data() + raw_offset[r];
+      for (int64_t i = 0; i < kept[r]; ++i) {
+        result.indices[result.indptr[r] + i] = in[i].col;
+        result.data[result.indptr[r] + i] = static_cast<float>(in[i].weight);
       }
     }
-    kept.clear();
-#pragma omp parallel for schedule(dynamic, 256)
-    for (int64_t r = 0; r < size; ++r) {
-      std::vector<Edge>& row = sym[r];
-      std::sort(row.begin(), row.end(), [](const Edge& a, const Edge& b) {
-        return a.col < b.col || (a.col == b.col && a.weight > b.weight);
-      });
-      row.erase(std::unique(row.begin(), row.end(), [](const Edge& a, const Edge& b) { return a.col == b.col; }),
-                row.end());
-    }
-  } else {
-    sym.swap(kept);
-#pragma omp parallel for schedule(dynamic, 256)
-    for (int64_t r = 0; r < size; ++r)
-      std::sort(sym[r].begin(), sym[r].end(), [](const Edge& a, const Edge& b) { return a.col < b.col; });
+    return result;
+  }
+
+  // 3. max(A, A^T): every kept edge also enters its column's row; duplicates
+  // (kept from both ends) keep the larger weight.
+  std::vector<int64_t> sym_offset;
+  std::vector<Edge> sym;
+  bucket_by_row<Edge>(
+      size,
+      [&](int t, int tasks, auto&& visit) {
+        const auto [begin, end] = share(size, t, tasks);
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t i = 0; i < kept[r]; ++i) {
+            const Edge e = edges[raw_offset[r] + i];
+            visit(r, e);
+            visit(e.col, Edge{static_cast<int32_t>(r), e.weight});
+          }
+        }
+      },
+      sym_offset, sym);
+  std::vector<Edge>().swap(edges);
+  std::vector<int64_t> distinct(size, 0);
+#pragma omp parallel for schedule(dynamic, 512)
+  for (int64_t r = 0; r < size; ++r) {
+    Edge* first = sym.data() + sym_offset[r];
+    Edge* last = sym.data() + sym_offset[r + 1];
+    std::sort(first, last, [](const Edge& a, const Edge& b) {
+      return a.col < b.col || (a.col == b.col && a.weight > b.weight);
+    });
+    distinct[r] = std::unique(first, last, [](const Edge& a, const Edge& b) { return a.col == b.col; }) - first;
   }
 
   // 4. Compact to CSR.
-  CsrGraph out;
-  out.indptr.assign(size + 1, 0);
-  for (int64_t r = 0; r < size; ++r) out.indptr[r + 1] = out.indptr[r] + static_cast<int64_t>(sym[r].size());
-  out.indices.resize(out.indptr[size]);
-  out.data.resize(out.indptr[size]);
+  result.indptr = offsets_of(distinct);
+  result.indices.resize(result.indptr[size]);
+  result.data.resize(result.indptr[size]);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < size; ++r) {
-    int64_t at = out.indptr[r];
-    for (const Edge& e : sym[r]) {
-      out.indices[at] = e.col;
-      out.data[at] = static_cast<float>(e.weight);
-      ++at;
+    const Edge* in = sym.data() + sym_offset[r];
+    for (int64_t i = 0; i < distinct[r]; ++i) {
+      result.indices[result.indptr[r] + i] = in[i].col;
+      result.data[result.indptr[r] + i] = static_cast<float>(in[i].weight);
     }
   }
-  return out;
+  return result;
 }
 
 template CsrGraph build_cooccurrence<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t, int64_t, int64_t);

@@ -11,8 +11,8 @@ def cooccurrence_xp(indptr, items, num_items: int, window: int, top_k: int | Non
     size = num_items + 1
     indptr = xp.asarray(indptr, dtype=xp.int64)
     items = xp.asarray(items).astype(xp.int64)
-    lengths = indptr[1:] - indptr[:-1]
-    seq_id = xp.repeat(xp.arange(lengths.size, dtype=xp.int64), lengths)
+    # searchsorted rather than repeat: cupy.repeat takes no array of counts.
+    seq_id = xp.searchsorted(indptr[1:], xp.arange(items.size, dtype=xp.int64), side="right")
 
     rows, cols = [], []
     for k in range(1, window + 1):

@@ -1,0 +1,133 @@
+"""Item feature matrices: saved arrays, attribute files, and text embeddings.
+
+Every loader returns a float32 (num_items + 1, D) NumPy array whose row 0 is
+the padding item (zeros), so row i belongs to item i as in the data files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MISSING_POLICIES = ("error", "zero", "mean")
+
+
+def load_matrix(path, num_items: int | None = None) -> np.ndarray:
+    """A ``.npy`` or ``.pt`` matrix (N, D) as float32; with ``num_items`` its row
+    count must be num_items + 1 (row 0 for padding)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        matrix = np.load(path)
+    elif path.suffix in (".pt", ".pth"):
+        import torch
+
+        matrix = torch.load(path, map_location="cpu", weights_only=True)
+        matrix = matrix.float().numpy() if hasattr(matrix, "numpy") else np.asarray(matrix)
+    else:
+        raise ValueError(f"features file {path} must be .npy or .pt")
+    if matrix.ndim != 2:
+        raise ValueError(f"features file {path} holds shape {matrix.shape}, expected (N, D)")
+    if num_items is not None and matrix.shape[0] != num_items + 1:
+        raise ValueError(
+            f"features file {path} has {matrix.shape[0]} rows, expected num_items + 1 = {num_items + 1} "
+            "(row 0 is the padding item)"
+        )
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"features file {path} contains NaN or Inf")
+    return matrix.astype(np.float32, copy=False)
+
+
+def _fill_missing(matrix: np.ndarray, present: np.ndarray, missing: str, source: str) -> np.ndarray:
+    absent = np.nonzero(~present[1:])[0] + 1
+    if absent.size == 0:
+        return matrix
+    if missing == "error":
+        raise ValueError(
+            f"{source} has no entry for item {int(absent[0])} ({absent.size} items missing); "
+            f"pass missing='zero' or missing='mean' to fill them"
+        )
+    log.info("%s: filling %d missing items with %s rows", source, absent.size, missing)
+    if missing == "mean":
+        matrix[absent] = matrix[1:][present[1:]].mean(axis=0)
+    return matrix
+
+
+def attribute_matrix(path, num_items: int, *, tfidf: bool = False, missing: str = "error") -> np.ndarray:
+    """Multi-hot (or TF-IDF weighted, rows L2-normalized) matrix from an
+    ``item2attributes.json`` file ``{"item_id": [attribute_id, ...]}``; one column
+    per attribute id seen, in increasing id order. Items 1..num_items; a missing
+    item is an error naming it unless ``missing`` is ``"zero"`` or ``"mean"``."""
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must map item ids to lists of attribute ids")
+    rows, cols = [], []
+    for key, attrs in raw.items():
+        try:
+            item = int(key)
+            attrs = [int(a) for a in attrs]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: entry {key!r} is not an item id with a list of integer attributes") from exc
+        if not 1 <= item <= num_items:
+            continue  # items filtered out of the interaction data
+        rows += [item] * len(attrs)
+        cols += attrs
+    attr_ids, col_index = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
+    matrix = np.zeros((num_items + 1, attr_ids.size), dtype=np.float32)
+    matrix[np.asarray(rows, dtype=np.int64), col_index] = 1.0
+    present = np.zeros(num_items + 1, dtype=bool)
+    present[[int(k) for k in raw if k.lstrip("-").isdigit() and 1 <= int(k) <= num_items]] = True
+    if tfidf:
+        df = matrix[1:].sum(axis=0)
+        idf = np.log((1.0 + num_items) / (1.0 + df)) + 1.0
+        matrix *= idf[None, :].astype(np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return _fill_missing(matrix, present, missing, str(path))
+
+
+def encode_texts(texts, *, model=None, model_name: str = "all-MiniLM-L6-v2", batch_size: int = 256,
+                 cache=None, device: str | None = None) -> np.ndarray:
+    """Sentence embeddings (len(texts), D) float32 of item texts, row 0 the padding.
+
+    ``texts``: a list whose entry i is item i's text (entry 0 is ignored), or a
+    dict item id -> text (missing items are an error). Encoded in batches with
+    sentence-transformers (``pip install tfllmer_fast[text]``) or any object
+    with ``encode(list[str]) -> array``; cached to ``cache`` (.npy) when given.
+    """
+    if cache is not None and Path(cache).exists():
+        return load_matrix(cache, None if isinstance(texts, dict) else len(texts) - 1)
+    if isinstance(texts, dict):
+        n = max(int(k) for k in texts)
+        missing = [i for i in range(1, n + 1) if i not in texts and str(i) not in texts]
+        if missing:
+            raise ValueError(f"texts has no entry for item {missing[0]} ({len(missing)} missing)")
+        texts = [""] + [texts.get(i, texts.get(str(i))) for i in range(1, n + 1)]
+    if model is None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise RuntimeError(
+                "encode_texts needs sentence-transformers (pip install tfllmer_fast[text]) or a model object"
+            ) from exc
+        model = SentenceTransformer(model_name, device=device)
+    from tqdm.auto import tqdm
+
+    chunks = []
+    for start in tqdm(range(1, len(texts), batch_size), desc="encoding item texts", disable=len(texts) < 10 * batch_size):
+        chunks.append(np.asarray(model.encode(list(texts[start : start + batch_size])), dtype=np.float32))
+    body = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
+    matrix = np.concatenate([np.zeros((1, body.shape[1]), dtype=np.float32), body])
+    if cache is not None:
+        np.save(cache, matrix)
+    return matrix
