@@ -2,5 +2,12 @@
 and the benchmark baseline."""
 
 from .normalized_ce import normalized_ce_rows, normalized_logits, plain_normalized_ce
+from .ranking import target_rank_reference, topk_reference
 
-__all__ = ["normalized_ce_rows", "normalized_logits", "plain_normalized_ce"]
+__all__ = [
+    "normalized_ce_rows",
+    "normalized_logits",
+    "plain_normalized_ce",
+    "target_rank_reference",
+    "topk_reference",
+]

@@ -1,0 +1,97 @@
+"""Shared parts of the sequential backbones: the item table tied to the
+normalized softmax head, batching, and prediction at the last position."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..head import NormalizedSoftmaxHead
+
+PAD = 0
+
+
+def left_pad(sequences, length: int) -> np.ndarray:
+    """(len(sequences), length) int64: the last ``length`` items of each sequence,
+    right-aligned, zeros (padding) in front."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        tail = np.asarray(seq[-length:], dtype=np.int64)
+        if tail.size:
+            out[row, length - tail.size :] = tail
+    return out
+
+
+class SequentialRecommender(nn.Module):
+    """Backbone + ``NormalizedSoftmaxHead`` over items 1..num_items (row 0 is
+    padding). The input embedding *is* the head's table (``head.weight``).
+
+    Subclasses implement ``encode(seq) -> (B, L, dim)`` and may override
+    ``make_batch`` (next-item targets by default) and ``prediction_input``.
+    """
+
+    def __init__(self, num_items: int, dim: int, max_len: int, *, normalize: bool = True,
+                 temperature: float = 0.05, loss_on: str = "all", impl: str = "auto"):
+        super().__init__()
+        if loss_on not in ("all", "last"):
+            raise ValueError(f"loss_on must be 'all' or 'last', got {loss_on!r}")
+        self.num_items = num_items
+        self.dim = dim
+        self.max_len = max_len
+        self.loss_on = loss_on
+        self.head = NormalizedSoftmaxHead(
+            num_items + 1, dim, temperature=temperature if normalize else 1.0,
+            normalize_items=normalize, padding_idx=PAD, impl=impl,
+        )
+        # Unit-norm-sized rows, like the pca/recpca initializations below.
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, 1.0 / math.sqrt(dim))
+            self.head.weight[PAD].zero_()
+
+    @property
+    def item_table(self) -> Tensor:
+        return self.head.weight
+
+    def embed_items(self, seq: Tensor) -> Tensor:
+        return nn.functional.embedding(seq, self.item_table, padding_idx=PAD)
+
+    def init_items(self, matrix, *, freeze: bool = False) -> None:
+        """Set item rows 1..N from ``matrix`` (N, dim) or (N + 1, dim) with row 0
+        ignored; rows are scaled to unit norm. ``freeze`` stops their training."""
+        matrix = torch.as_tensor(np.asarray(matrix), dtype=torch.float32)
+        if matrix.shape == (self.num_items + 1, self.dim):
+            matrix = matrix[1:]
+        if matrix.shape != (self.num_items, self.dim):
+            raise ValueError(f"item init matrix has shape {tuple(matrix.shape)}, expected ({self.num_items}, {self.dim})")
+        if not torch.isfinite(matrix).all():
+            raise ValueError("item init matrix contains NaN or Inf")
+        matrix = matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        with torch.no_grad():
+            self.head.weight[1:] = matrix.to(self.head.weight)
+            self.head.weight[PAD].zero_()
+        self.head.weight.requires_grad_(not freeze)
+
+    def encode(self, seq: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def make_batch(self, sequences, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """Next-item training pairs: input s[:-1], targets s[1:] (last max_len),
+        padding targets ignored; with ``loss_on="last"`` only the final position."""
+        inputs = left_pad([s[:-1] for s in sequences], self.max_len)
+        targets = left_pad([s[1:] for s in sequences], self.max_len)
+        if self.loss_on == "last":
+            targets[:, :-1] = PAD
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return self.head(self.encode(inputs), targets)
+
+    def prediction_input(self, histories) -> Tensor:
+        return torch.from_numpy(left_pad(histories, self.max_len))
+
+    def predict_hidden(self, histories, device) -> Tensor:
+        """(B, dim) hidden state that scores the next item after each history."""
+        return self.encode(self.prediction_input(histories).to(device))[:, -1]
