@@ -57,11 +57,13 @@ def _fill_missing(matrix: np.ndarray, present: np.ndarray, missing: str, source:
     return matrix
 
 
-def attribute_matrix(path, num_items: int, *, tfidf: bool = False, missing: str = "error") -> np.ndarray:
+def attribute_matrix(path, num_items: int, *, tfidf: bool = False, missing: str = "error",
+                     item_ids=None) -> np.ndarray:
     """Multi-hot (or TF-IDF weighted, rows L2-normalized) matrix from an
     ``item2attributes.json`` file ``{"item_id": [attribute_id, ...]}``; one column
-    per attribute id seen, in increasing id order. Items 1..num_items; a missing
-    item is an error naming it unless ``missing`` is ``"zero"`` or ``"mean"``."""
+    per attribute id seen, in increasing id order. Items 1..num_items; when the
+    data was remapped, ``item_ids[i]`` is the file's id of item i. A missing item
+    is an error naming it unless ``missing`` is ``"zero"`` or ``"mean"``."""
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
     path = Path(path)
@@ -71,22 +73,23 @@ def attribute_matrix(path, num_items: int, *, tfidf: bool = False, missing: str 
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must map item ids to lists of attribute ids")
+    new_id = None if item_ids is None else {str(old): new for new, old in enumerate(item_ids) if new > 0}
     rows, cols = [], []
+    present = np.zeros(num_items + 1, dtype=bool)
     for key, attrs in raw.items():
         try:
-            item = int(key)
+            item = int(key) if new_id is None else new_id.get(str(key), -1)
             attrs = [int(a) for a in attrs]
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: entry {key!r} is not an item id with a list of integer attributes") from exc
         if not 1 <= item <= num_items:
             continue  # items filtered out of the interaction data
+        present[item] = True
         rows += [item] * len(attrs)
         cols += attrs
     attr_ids, col_index = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
     matrix = np.zeros((num_items + 1, attr_ids.size), dtype=np.float32)
     matrix[np.asarray(rows, dtype=np.int64), col_index] = 1.0
-    present = np.zeros(num_items + 1, dtype=bool)
-    present[[int(k) for k in raw if k.lstrip("-").isdigit() and 1 <= int(k) <= num_items]] = True
     if tfidf:
         df = matrix[1:].sum(axis=0)
         idf = np.log((1.0 + num_items) / (1.0 + df)) + 1.0
