@@ -1,6 +1,6 @@
 """tfllmer_fast: fused GPU kernels for large-catalog sequential recommendation."""
 
-from . import graph
+from . import graph, reference
 from .graph import RecPCAResult, pca, rec_pca
 from .head import NormalizedSoftmaxHead
 from .ops import NormalizedCEOutput, normalized_softmax_ce
