@@ -6,13 +6,14 @@ Input checks and dispatch; the plain-torch chunked reference does the work
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from ..reference.ranking import target_rank_reference, topk_reference
 from . import _checks
+from ._scales import item_scale, row_scale
 
 
 class TopK(NamedTuple):
@@ -32,6 +33,8 @@ def _check_common(hidden, item_emb, exclude):
     if exclude is None:
         return None
     indptr, items = (torch.as_tensor(x, device=hidden.device) for x in exclude)
+    if torch.compiler.is_compiling():
+        return indptr.long(), items.long()
     _checks.check_index_tensor("exclude indptr", indptr)
     _checks.check_index_tensor("exclude items", items)
     if indptr.dim() != 1 or indptr.numel() != hidden.shape[0] + 1:
@@ -44,13 +47,16 @@ def _check_common(hidden, item_emb, exclude):
 
 
 def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = 1.0, chunk_size: int | None = None) -> Tensor:
+                normalize_hidden: bool = False, temperature: float = 1.0, eps: float = 1e-12,
+                impl: str = "auto", chunk_size: int | None = None) -> Tensor:
     """Rank of each row's target among all items: (B,) int64.
 
     hidden (B, d), item_emb (N, d), targets (B,); ``exclude`` a CSR pair
     ``(indptr (B + 1,), items)`` of items to leave out per row (the target is
     never excluded). rank = 1 + the number of other candidates whose score is
-    >= the target's: ties count against the target. Plain torch equivalent::
+    >= the target's: ties count against the target. ``impl``: ``"triton"`` (one
+    pass over the items, no B x N tensor), ``"torch"`` (the chunked reference),
+    ``"auto"``. Plain torch equivalent::
 
         s = normalized_logits(hidden, item_emb, ...); s[excluded] = -inf
         1 + (s >= s.gather(1, t[:, None])).sum(1) - 1
@@ -59,12 +65,50 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
     _checks.check_index_tensor("targets", targets)
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({hidden.shape[0]},)")
-    _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
+    if not torch.compiler.is_compiling():
+        _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
+    dtype = _checks.compute_dtype(hidden, item_emb)
+    impl = _checks.resolve_impl(impl, hidden.device, dtype)
+    targets = targets.long()
+    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
     with torch.no_grad():
-        return target_rank_reference(
-            hidden, item_emb, targets.long(), exclude=exclude, chunk_size=chunk_size,
-            normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
-        )
+        if impl == "torch":
+            return target_rank_reference(hidden, item_emb, targets, exclude=exclude, chunk_size=chunk_size,
+                                         eps=eps, **options)
+        indptr, items = exclude if exclude is not None else (None, None)
+        return _target_rank_triton(hidden, item_emb, targets, indptr, items, normalize_items, normalize_hidden,
+                                   float(temperature), float(eps), dtype)
+
+
+@torch.library.custom_op("tfllmer_fast::target_rank", mutates_args=())
+def _target_rank_triton(hidden: Tensor, item_emb: Tensor, targets: Tensor, exclude_indptr: Optional[Tensor],
+                        exclude_items: Optional[Tensor], normalize_items: bool, normalize_hidden: bool,
+                        temperature: float, eps: float, compute_dtype: torch.dtype) -> Tensor:
+    from tfllmer_fast import kernels
+
+    _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
+    s = row_scale(hidden, temperature, normalize_hidden, eps)
+    r = item_scale(item_emb, normalize_items, eps)
+    counts, target_score = kernels.target_rank_counts(hidden, item_emb, s, r, targets, compute_dtype=compute_dtype)
+    if exclude_indptr is not None:
+        # Excluded items that outscore the target were counted: take them back out
+        # (each once, and never the target itself).
+        n = item_emb.shape[0]
+        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff())
+        keys = torch.unique(rows * n + exclude_items)
+        rows, items = keys // n, keys % n
+        keep = items != targets[rows]
+        rows, items = rows[keep], items[keep]
+        dots = (hidden[rows].to(compute_dtype).float() * item_emb[items].to(compute_dtype).float()).sum(1)
+        scores = s[rows] * r[items] * dots
+        counts = counts - torch.bincount(rows[scores >= target_score[rows]], minlength=hidden.shape[0])
+    return 1 + counts
+
+
+@_target_rank_triton.register_fake
+def _(hidden, item_emb, targets, exclude_indptr, exclude_items, normalize_items, normalize_hidden, temperature, eps,
+      compute_dtype):
+    return hidden.new_empty(hidden.shape[0], dtype=torch.int64)
 
 
 def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, normalize_items: bool = True,

@@ -1,0 +1,89 @@
+"""target_rank: the Triton kernel against the chunked reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tfllmer_fast.ops.ranking import target_rank
+
+
+def _integer_problem(B, N, D, device, dtype=torch.float32, seed=0):
+    """Small-integer vectors: every score is exact in fp32 and bf16, so ties
+    are real ties and ranks must agree exactly."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randint(-3, 4, (B, D), generator=g).to(device, dtype)
+    items = torch.randint(-3, 4, (N, D), generator=g).to(device, dtype)
+    targets = torch.randint(0, N, (B,), generator=g).to(device)
+    if N > 11:
+        items[10] = items[11]
+        targets[0] = 10
+    lengths = torch.randint(0, 12, (B,), generator=g)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(device)
+    excl = torch.randint(0, N, (int(indptr[-1]),), generator=g).to(device)
+    return hidden, items, targets, (indptr, excl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("B,N,D", [(1, 1, 4), (37, 300, 16), (17, 33, 40), (64, 257, 8)])
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_exact_ranks_with_ties(B, N, D, dtype, with_exclude, device):
+    hidden, items, targets, exclude = _integer_problem(B, N, D, device, dtype)
+    exclude = exclude if with_exclude else None
+    got = target_rank(hidden, items, targets, exclude=exclude, normalize_items=False, impl="triton")
+    ref = target_rank(hidden.double(), items.double(), targets, exclude=exclude, normalize_items=False, impl="torch")
+    assert torch.equal(got.cpu(), ref.cpu())
+
+
+def test_duplicate_of_target_counts_against_it(device):
+    hidden = torch.randn(3, 16, device=device)
+    items = torch.randn(50, 16, device=device)
+    items[7] = items[3]
+    targets = torch.tensor([3, 7, 3], device=device)
+    got = target_rank(hidden, items, targets, impl="triton", temperature=0.1)
+    ref = target_rank(hidden, items, targets, impl="torch", temperature=0.1)
+    assert torch.equal(got.cpu(), ref.cpu())
+    # The twin is counted against the target, so the rank is at least 2.
+    assert (got >= 2).all()
+
+
+@pytest.mark.parametrize("normalize_hidden", [False, True])
+def test_random_normalized_scores(normalize_hidden, device):
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(45, 24, generator=g).to(device)
+    items = torch.randn(400, 24, generator=g).to(device)
+    items[0] = 0
+    targets = torch.randint(0, 400, (45,), generator=g).to(device)
+    opts = dict(temperature=0.2, normalize_hidden=normalize_hidden)
+    got = target_rank(hidden, items, targets, impl="triton", **opts)
+    ref = target_rank(hidden, items, targets, impl="torch", **opts)
+    assert torch.equal(got.cpu(), ref.cpu())
+
+
+def test_every_item_excluded_but_target(device):
+    hidden, items, targets, _ = _integer_problem(5, 40, 8, device)
+    indptr = torch.arange(0, 5 * 40 + 1, 40, device=device)
+    excl = torch.arange(40, device=device).repeat(5)
+    ranks = target_rank(hidden, items, targets, exclude=(indptr, excl), normalize_items=False, impl="triton")
+    assert ranks.tolist() == [1] * 5
+
+
+def test_non_contiguous(device):
+    hidden, items, targets, exclude = _integer_problem(20, 90, 16, device)
+    h_view = torch.cat([hidden, hidden], 1)[:, ::2]
+    e_view = items.t().contiguous().t()
+    assert not h_view.is_contiguous() and not e_view.is_contiguous()
+    got = target_rank(h_view, e_view, targets, exclude=exclude, normalize_items=False, impl="triton")
+    ref = target_rank(h_view.contiguous(), items, targets, exclude=exclude, normalize_items=False, impl="torch")
+    assert torch.equal(got, ref)
+
+
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+    hidden, items, targets, exclude = _integer_problem(20, 90, 16, device)
+
+    def ranks(h, e, t, indptr, excl):
+        return target_rank(h, e, t, exclude=(indptr, excl), normalize_items=False, impl="triton")
+
+    expected = target_rank(hidden, items, targets, exclude=exclude, normalize_items=False, impl="torch")
+    assert torch.equal(torch.compile(ranks, fullgraph=True)(hidden, items, targets, *exclude), expected)
