@@ -43,6 +43,7 @@ def _train(args) -> int:
         seed=args.seed, temperature=args.temperature, patience=args.patience, batch_size=args.batch_size,
         loss_on=args.loss_on, freeze_items=args.freeze_items, exclude_history=not args.include_history,
         lr=args.lr, weight_decay=args.weight_decay,
+        model_options={} if args.dropout is None else {"dropout": args.dropout},
     )
     result = run(args.data, config, features_path=args.features, beta=args.beta, split=args.split,
                  k_core=args.k_core, out_dir=args.out, resume=args.resume)
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--temperature", type=float, default=1.0)
+    train.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
     train.add_argument("--loss-on", choices=["all", "last"], default="all")
     train.add_argument("--freeze-items", action="store_true")
     train.add_argument("--include-history", action="store_true", help="do not exclude the user's earlier items")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tfllmer_fast.ops.ranking import target_rank
+from tfllmer_fast.ops.ranking import target_rank, topk_scores
 
 
 def _integer_problem(B, N, D, device, dtype=torch.float32, seed=0):
@@ -87,3 +87,69 @@ def test_compile_fullgraph(device):
 
     expected = target_rank(hidden, items, targets, exclude=exclude, normalize_items=False, impl="torch")
     assert torch.equal(torch.compile(ranks, fullgraph=True)(hidden, items, targets, *exclude), expected)
+
+
+def _check_topk_invariants(top, hidden, items, k, exclude, normalize_items):
+    ref = topk_scores(hidden.double(), items.double(), k, exclude=exclude, normalize_items=normalize_items,
+                      impl="torch")
+    values, indices = top.values.cpu(), top.indices.cpu()
+    assert values.shape == indices.shape == (hidden.shape[0], k)
+    assert (values[:, 1:] <= values[:, :-1]).all()
+    assert torch.equal(values[:, -1].double(), ref.values[:, -1].cpu())  # k-th score as the reference's
+    for b in range(hidden.shape[0]):
+        if exclude is not None:
+            excluded = set(exclude[1][exclude[0][b] : exclude[0][b + 1]].tolist())
+            assert not excluded & set(indices[b].tolist())
+        for j in range(k - 1):
+            if values[b, j] == values[b, j + 1] and indices[b, j + 1] >= 0:
+                assert indices[b, j] < indices[b, j + 1]  # ties go to the smaller id
+
+
+# Interpreted tl.topk is slow (seconds per call), so CI runs small k; larger k is slow-tier.
+@pytest.mark.parametrize("k", [1, 10, pytest.param(64, marks=pytest.mark.slow), pytest.param(100, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_topk_invariants_with_ties(k, with_exclude, device):
+    hidden, items, _, exclude = _integer_problem(20, 150 if k <= 10 else 300, 16, device)
+    exclude = exclude if with_exclude else None
+    top = topk_scores(hidden, items, k, exclude=exclude, normalize_items=False, impl="triton")
+    _check_topk_invariants(top, hidden, items, k, exclude, False)
+    ref = topk_scores(hidden, items, k, exclude=exclude, normalize_items=False, impl="torch")
+    assert torch.equal(top.indices, ref.indices)  # exact integer scores: the same list
+
+
+@pytest.mark.slow
+def test_topk_large_k(device):
+    """k = 1,000 (minutes under the interpreter; run with -m slow, or on a GPU)."""
+    hidden, items, _, exclude = _integer_problem(4, 1500, 8, device)
+    top = topk_scores(hidden, items, 1000, normalize_items=False, impl="triton")
+    _check_topk_invariants(top, hidden, items, 1000, None, False)
+
+
+def test_topk_normalized_random(device):
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(20, 24, generator=g).to(device)
+    items = torch.randn(150, 24, generator=g).to(device)
+    top = topk_scores(hidden, items, 10, temperature=0.1, impl="triton")
+    ref = topk_scores(hidden, items, 10, temperature=0.1, impl="torch")
+    assert torch.equal(top.indices, ref.indices)
+    assert torch.allclose(top.values, ref.values, rtol=1e-5)
+
+
+def test_topk_rows_short_of_candidates(device):
+    hidden, items, _, _ = _integer_problem(3, 40, 8, device)
+    indptr = torch.tensor([0, 38, 38, 40], device=device)
+    excl = torch.cat([torch.arange(38), torch.tensor([0, 1])]).to(device)
+    for impl in ("triton", "torch"):
+        top = topk_scores(hidden, items, 5, exclude=(indptr, excl), normalize_items=False, impl=impl)
+        assert top.indices[0, :2].tolist() in ([38, 39], [39, 38]) and top.indices[0, 2:].tolist() == [-1] * 3
+        assert torch.isinf(top.values[0, 2:]).all()
+
+
+def test_topk_errors(device):
+    hidden, items, _, exclude = _integer_problem(3, 40, 8, device)
+    with pytest.raises(ValueError, match="k must lie in 1..N = 40"):
+        topk_scores(hidden, items, 41)
+    long = (torch.tensor([0, 40, 40, 40], device=device), torch.arange(40, device=device))
+    wide = torch.randn(3, 8, device=device), torch.randn(2000, 8, device=device)
+    with pytest.raises(ValueError, match="keeps at most 1024 candidates"):
+        topk_scores(*wide, 1000, exclude=(long[0], long[1]), impl="triton")

@@ -111,17 +111,77 @@ def _(hidden, item_emb, targets, exclude_indptr, exclude_items, normalize_items,
     return hidden.new_empty(hidden.shape[0], dtype=torch.int64)
 
 
+TOPK_MAX_KEPT = 1024
+
+
 def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = 1.0, chunk_size: int | None = None) -> TopK:
+                normalize_hidden: bool = False, temperature: float = 1.0, eps: float = 1e-12, impl: str = "auto",
+                chunk_size: int | None = None) -> TopK:
     """The k best items per row: ``TopK(values, indices)``, each (B, k), sorted
     by score (ties to the smaller item id); excluded items never appear (a row
-    with fewer than k candidates pads with -inf scores)."""
+    with fewer than k candidates pads with score -inf and index -1).
+
+    ``impl="triton"`` keeps a running top-K per row tile in one pass over the
+    items (K = k + the longest exclusion list, rounded up to a power of two, at
+    most 1024); ``"torch"`` sorts chunked dense scores. Plain torch equivalent::
+
+        s = normalized_logits(hidden, item_emb, ...); s[excluded] = -inf
+        torch.sort(s, dim=1, descending=True, stable=True)[:, :k]
+    """
     exclude = _check_common(hidden, item_emb, exclude)
     if int(k) != k or not 1 <= k <= item_emb.shape[0]:
         raise ValueError(f"k must lie in 1..N = {item_emb.shape[0]}, got {k}")
+    dtype = _checks.compute_dtype(hidden, item_emb)
+    requested = impl
+    impl = _checks.resolve_impl(impl, hidden.device, dtype)
+    longest = 0 if exclude is None else int(exclude[0].diff().max()) if hidden.shape[0] else 0
+    if impl == "triton" and (int(k) + longest > TOPK_MAX_KEPT or not _topk_kernel_available()):
+        if requested == "triton":
+            raise ValueError(
+                f"impl='triton' keeps at most {TOPK_MAX_KEPT} candidates per row (k + longest exclusion list = "
+                f"{int(k) + longest}) and needs tl.topk; use impl='torch'"
+            )
+        impl = "torch"
+    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
     with torch.no_grad():
-        values, indices = topk_reference(
-            hidden, item_emb, int(k), exclude=exclude, chunk_size=chunk_size,
-            normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
-        )
+        if impl == "torch":
+            values, indices = topk_reference(hidden, item_emb, int(k), exclude=exclude, chunk_size=chunk_size,
+                                             eps=eps, **options)
+        else:
+            indptr, items = exclude if exclude is not None else (None, None)
+            values, indices = _topk_triton(hidden, item_emb, indptr, items, int(k), int(k) + longest,
+                                           normalize_items, normalize_hidden, float(temperature), float(eps), dtype)
     return TopK(values, indices)
+
+
+def _topk_kernel_available() -> bool:
+    from tfllmer_fast.kernels import topk
+
+    return topk.supported()
+
+
+@torch.library.custom_op("tfllmer_fast::topk", mutates_args=())
+def _topk_triton(hidden: Tensor, item_emb: Tensor, exclude_indptr: Optional[Tensor], exclude_items: Optional[Tensor],
+                 k: int, kept: int, normalize_items: bool, normalize_hidden: bool, temperature: float, eps: float,
+                 compute_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    from tfllmer_fast import kernels
+
+    s = row_scale(hidden, temperature, normalize_hidden, eps)
+    r = item_scale(item_emb, normalize_items, eps)
+    keys = kernels.topk_keys(hidden, item_emb, s, r, kept, compute_dtype=compute_dtype)
+    if exclude_indptr is not None:
+        n = item_emb.shape[0]
+        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff())
+        _, candidates = kernels.unpack_topk_keys(keys)
+        row_of = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        excluded = torch.isin(row_of * n + candidates, rows * n + exclude_items) & (candidates >= 0)
+        keys = keys.masked_fill(excluded, kernels.topk.LOWEST_KEY)
+    keys = torch.topk(keys, k, dim=1).values  # keys are distinct, so this is the sorted order
+    return kernels.unpack_topk_keys(keys)
+
+
+@_topk_triton.register_fake
+def _(hidden, item_emb, exclude_indptr, exclude_items, k, kept, normalize_items, normalize_hidden, temperature, eps,
+      compute_dtype):
+    B = hidden.shape[0]
+    return hidden.new_empty((B, k), dtype=torch.float32), hidden.new_empty((B, k), dtype=torch.int64)

@@ -53,7 +53,8 @@ def target_rank_reference(hidden, item_emb, targets, *, exclude=None, chunk_size
 
 def topk_reference(hidden, item_emb, k, *, exclude=None, chunk_size=None, **options):
     """(values, indices), each (B, k), sorted by score descending with ties to the
-    smaller item id; excluded items are never returned."""
+    smaller item id; excluded items are never returned (slots beyond a row's
+    candidates hold score -inf and index -1)."""
     n_rows, n_items = hidden.shape[0], item_emb.shape[0]
     step = _chunk_rows(n_items, chunk_size)
     values, indices = [], []
@@ -63,7 +64,7 @@ def topk_reference(hidden, item_emb, k, *, exclude=None, chunk_size=None, **opti
         # A stable descending sort keeps equal scores in increasing item order.
         v, i = torch.sort(scores, dim=1, descending=True, stable=True)
         values.append(v[:, :k])
-        indices.append(i[:, :k])
+        indices.append(i[:, :k].masked_fill(v[:, :k] == float("-inf"), -1))
     if not values:
         empty = torch.zeros(0, k, device=hidden.device)
         return empty, empty.long()
