@@ -57,6 +57,7 @@ setup(
         "tfllmer_fast.ops",
         "tfllmer_fast.reference",
         "tfllmer_fast.graph",
+        "tfllmer_fast.models",
         "tfllmer_fast.kernels",
     ],
     package_dir={"tfllmer_fast.kernels": "kernels"},

@@ -144,9 +144,9 @@ def _gradient_error(benchmark, impl, device, shape, dtype):
 
     ref = grads(hidden.double(), items.double(), lambda h, e, t: normalized_softmax_ce(
         h, e, t, temperature=TEMPERATURE, impl="torch"))
+    benchmark.group = f"head gradient error vs fp64 B={B} N={N} d={D}"
     got = benchmark.pedantic(lambda: grads(hidden, items, fn), rounds=1, iterations=1)
     for name, g, r in zip(("loss", "dH", "dE"), got, ref):
         benchmark.extra_info[f"rel_err_{name}"] = float((g - r).norm() / r.norm())
-    benchmark.group = f"head gradient error vs fp64 B={B} N={N} d={D}"
     benchmark.extra_info.update(impl=impl, device=str(device))
     assert benchmark.extra_info["rel_err_dE"] < 0.05

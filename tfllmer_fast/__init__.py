@@ -4,6 +4,7 @@ from . import graph, reference
 from .graph import RecPCAResult, pca, rec_pca
 from .head import NormalizedSoftmaxHead
 from .ops import NormalizedCEOutput, normalized_softmax_ce
+from .ops.ranking import TopK, target_rank, topk_scores
 
 __version__ = "0.1.0"
 
@@ -11,9 +12,13 @@ __all__ = [
     "NormalizedSoftmaxHead",
     "NormalizedCEOutput",
     "normalized_softmax_ce",
+    "target_rank",
+    "topk_scores",
+    "TopK",
     "graph",
     "rec_pca",
     "pca",
     "RecPCAResult",
+    "reference",
     "__version__",
 ]

@@ -51,6 +51,21 @@ def _train(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from .profiling import profile_training
+
+    print(profile_training(args.data, model=args.model, steps=args.steps, batch_size=args.batch_size,
+                           device=args.device, trace=args.trace))
+    return 0
+
+
+def _bench_report(args) -> int:
+    from .bench_report import report
+
+    print(report(args.file))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfllmer-fast", description="Large-catalog sequential recommendation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(func=_train)
+
+    prof = sub.add_parser("profile", help="time the phases of a few training steps")
+    prof.add_argument("--data", required=True)
+    prof.add_argument("--model", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
+    prof.add_argument("--steps", type=int, default=10)
+    prof.add_argument("--batch-size", type=int, default=256)
+    prof.add_argument("--device", default=_default_device())
+    prof.add_argument("--trace", help="write a Chrome trace (torch.profiler) to this file")
+    prof.set_defaults(func=_profile)
+
+    rep = sub.add_parser("bench-report", help="markdown tables from a pytest-benchmark JSON file")
+    rep.add_argument("file")
+    rep.set_defaults(func=_bench_report)
     return parser
 
 

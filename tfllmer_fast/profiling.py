@@ -1,0 +1,69 @@
+"""Where a training step's time goes: data, backbone, head, backward, optimizer."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from .data import read_interactions, split
+from .models import build_model
+from .timing import synchronize
+
+PHASES = ("data", "backbone forward", "head forward", "backward", "optimizer")
+
+
+def profile_training(data_path, *, model: str = "sasrec", steps: int = 10, batch_size: int = 256,
+                     device: str = "cpu", trace: str | None = None, impl: str = "auto") -> str:
+    """Run ``steps`` training steps, timing each phase with device
+    synchronization; optionally export a torch.profiler Chrome trace."""
+    sp = split(read_interactions(data_path), "loo")
+    net = build_model(model, sp.num_items, impl=impl).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    seqs = [s for s in sp.train if len(s) >= 2]
+    dev = torch.device(device)
+    amp = dev.type == "cuda"
+    totals = defaultdict(float)
+
+    def timed(name, fn):
+        synchronize(dev)
+        tic = time.perf_counter()
+        with torch.profiler.record_function(name):
+            out = fn()
+        synchronize(dev)
+        totals[name] += time.perf_counter() - tic
+        return out
+
+    def step():
+        batch = [seqs[i] for i in rng.integers(0, len(seqs), batch_size)]
+        inputs, targets = timed("data", lambda: [t.to(device) for t in net.make_batch(batch, rng)])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            hidden = timed("backbone forward", lambda: net.encode(inputs))
+            loss = timed("head forward", lambda: net.head(hidden, targets))
+        opt.zero_grad(set_to_none=True)
+        timed("backward", loss.backward)
+        timed("optimizer", opt.step)
+
+    step()  # warm-up (kernel compilation, allocator)
+    totals.clear()
+    if trace:
+        with torch.profiler.profile() as prof:
+            for _ in range(steps):
+                step()
+        prof.export_chrome_trace(trace)
+    else:
+        for _ in range(steps):
+            step()
+    total = sum(totals.values())
+    lines = [f"{model} on {data_path}: {sp.num_items} items, batch {batch_size} x {net.max_len}, {device}, "
+             f"{steps} steps, {1e3 * total / steps:.1f} ms/step",
+             f"{'phase':<18}{'ms/step':>10}{'share':>8}"]
+    for name in PHASES:
+        lines.append(f"{name:<18}{1e3 * totals[name] / steps:>10.1f}{totals[name] / total:>8.1%}")
+    lines.append("(backward includes the head's backward kernels and the backbone's)")
+    if trace:
+        lines.append(f"Chrome trace written to {trace}")
+    return "\n".join(lines)
