@@ -6,7 +6,7 @@ and says so when the native backend is asked for."""
 
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     from pybind11.setup_helpers import Pybind11Extension
@@ -52,14 +52,7 @@ setup(
     version="0.1.0",
     description="Fused GPU kernels for training and evaluating sequential recommenders over large item catalogs",
     python_requires=">=3.9",
-    packages=[
-        "tfllmer_fast",
-        "tfllmer_fast.ops",
-        "tfllmer_fast.reference",
-        "tfllmer_fast.graph",
-        "tfllmer_fast.models",
-        "tfllmer_fast.kernels",
-    ],
+    packages=find_packages(include=["tfllmer_fast", "tfllmer_fast.*"]) + ["tfllmer_fast.kernels"],
     package_dir={"tfllmer_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
