@@ -40,6 +40,25 @@ std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
   return offsets;
 }
 
+// Row r's first counts[r] edges, stored from in_offset[r], as CSR.
+CsrGraph compact(const std::vector<Edge>& edges, const std::vector<int64_t>& in_offset,
+                 const std::vector<int64_t>& counts) {
+  const int64_t rows = static_cast<int64_t>(counts.size());
+  CsrGraph out;
+  out.indptr = offsets_of(counts);
+  out.indices.resize(out.indptr[rows]);
+  out.data.resize(out.indptr[rows]);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const Edge* in = edges.data() + in_offset[r];
+    for (int64_t i = 0; i < counts[r]; ++i) {
+      out.indices[out.indptr[r] + i] = in[i].col;
+      out.data[out.indptr[r] + i] = static_cast<float>(in[i].weight);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 // All per-row work happens in place inside flat arrays addressed by row
@@ -92,22 +111,7 @@ CsrGraph build_cooccurrence(const int64_t* indptr, int64_t num_sequences, const 
   }
   std::vector<int32_t>().swap(raw);
 
-  CsrGraph result;
-  if (top_k < 0) {
-    // Every edge kept: already symmetric.
-    result.indptr = offsets_of(kept);
-    result.indices.resize(result.indptr[size]);
-    result.data.resize(result.indptr[size]);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < size; ++r) {
-      const Edge* in = edges.data() + raw_offset[r];
-      for (int64_t i = 0; i < kept[r]; ++i) {
-        result.indices[result.indptr[r] + i] = in[i].col;
-        result.data[result.indptr[r] + i] = static_cast<float>(in[i].weight);
-      }
-    }
-    return result;
-  }
+  if (top_k < 0) return compact(edges, raw_offset, kept);  // every edge kept: already symmetric
 
   // 3. max(A, A^T): every kept edge also enters its column's row; duplicates
   // (kept from both ends) keep the larger weight.
@@ -138,19 +142,7 @@ CsrGraph build_cooccurrence(const int64_t* indptr, int64_t num_sequences, const 
     distinct[r] = std::unique(first, last, [](const Edge& a, const Edge& b) { return a.col == b.col; }) - first;
   }
 
-  // 4. Compact to CSR.
-  result.indptr = offsets_of(distinct);
-  result.indices.resize(result.indptr[size]);
-  result.data.resize(result.indptr[size]);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < size; ++r) {
-    const Edge* in = sym.data() + sym_offset[r];
-    for (int64_t i = 0; i < distinct[r]; ++i) {
-      result.indices[result.indptr[r] + i] = in[i].col;
-      result.data[result.indptr[r] + i] = static_cast<float>(in[i].weight);
-    }
-  }
-  return result;
+  return compact(sym, sym_offset, distinct);
 }
 
 template CsrGraph build_cooccurrence<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t, int64_t, int64_t);

@@ -97,3 +97,25 @@ def upcast_dot() -> bool:
     already-rounded operands gives what a tensor-core dot with fp32 accumulation
     gives."""
     return interpreting()
+
+
+def for_width(defaults: dict, interpreter: BlockConfig, dim: int) -> BlockConfig:
+    """The fixed config for a head width: the smallest listed width >= dim."""
+    if interpreting():
+        return interpreter
+    for width in sorted(defaults):
+        if dim <= width:
+            return defaults[width]
+    return BlockConfig(block_rows=32, block_items=32, num_warps=8, num_stages=2)
+
+
+_AUTOTUNED = {}
+
+
+def autotuned(kernel, configs: list, key: list):
+    """``triton.autotune`` over ``configs`` (BLOCK_B / BLOCK_N), built once per kernel."""
+    if kernel not in _AUTOTUNED:
+        _AUTOTUNED[kernel] = triton.autotune(
+            configs=[c.as_triton("BLOCK_B", "BLOCK_N") for c in configs], key=key
+        )(kernel)
+    return _AUTOTUNED[kernel]

@@ -109,28 +109,6 @@ def _normalized_ce_item_grad_kernel(
     )
 
 
-def _default_config(dim: int) -> config.BlockConfig:
-    if config.interpreting():
-        return _INTERPRETER
-    for width in sorted(_DEFAULTS):
-        if dim <= width:
-            return _DEFAULTS[width]
-    return config.BlockConfig(block_rows=32, block_items=32, num_warps=8, num_stages=2)
-
-
-_autotuned = None
-
-
-def _autotuned_kernel():
-    global _autotuned
-    if _autotuned is None:
-        _autotuned = triton.autotune(
-            configs=[c.as_triton("BLOCK_B", "BLOCK_N") for c in _TUNE],
-            key=["D", "NORMALIZE_ITEMS", "DOT_DTYPE"],
-        )(_normalized_ce_item_grad_kernel)
-    return _autotuned
-
-
 def normalized_ce_item_grad(
     hidden: torch.Tensor,
     item_emb: torch.Tensor,
@@ -154,7 +132,7 @@ def normalized_ce_item_grad(
     B, D = hidden.shape
     N = item_emb.shape[0]
     tune = config.autotune_enabled() and not config.interpreting()
-    cfg = _default_config(D)
+    cfg = config.for_width(_DEFAULTS, _INTERPRETER, D)
     align = config.SPLIT_ALIGN if tune else cfg.block_rows
     item_tiles = triton.cdiv(N, 64 if tune else cfg.block_items)
     splits = config.split_count(triton.cdiv(B, align), item_tiles, hidden.device)
@@ -183,7 +161,7 @@ def normalized_ce_item_grad(
     )
     if tune:
         grid = lambda m: (triton.cdiv(N, m["BLOCK_N"]), splits)  # noqa: E731
-        _autotuned_kernel()[grid](*args, **meta)
+        config.autotuned(_normalized_ce_item_grad_kernel, _TUNE, ["D", "NORMALIZE_ITEMS", "DOT_DTYPE"])[grid](*args, **meta)
     else:
         grid = (triton.cdiv(N, cfg.block_items), splits)
         _normalized_ce_item_grad_kernel[grid](

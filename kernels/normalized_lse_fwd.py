@@ -106,28 +106,6 @@ def _normalized_lse_fwd_kernel(
         )
 
 
-def _default_config(dim: int) -> config.BlockConfig:
-    if config.interpreting():
-        return _INTERPRETER
-    for width in sorted(_DEFAULTS):
-        if dim <= width:
-            return _DEFAULTS[width]
-    return config.BlockConfig(block_rows=32, block_items=32, num_warps=8, num_stages=2)
-
-
-_autotuned = None
-
-
-def _autotuned_kernel():
-    global _autotuned
-    if _autotuned is None:
-        _autotuned = triton.autotune(
-            configs=[c.as_triton("BLOCK_B", "BLOCK_N") for c in _TUNE],
-            key=["D", "COMPUTE_O", "DOT_DTYPE"],
-        )(_normalized_lse_fwd_kernel)
-    return _autotuned
-
-
 def normalized_lse_forward(
     hidden: torch.Tensor,
     item_emb: torch.Tensor,
@@ -145,7 +123,7 @@ def normalized_lse_forward(
     B, D = hidden.shape
     N = item_emb.shape[0]
     tune = config.autotune_enabled() and not config.interpreting()
-    cfg = _default_config(D)
+    cfg = config.for_width(_DEFAULTS, _INTERPRETER, D)
     align = config.SPLIT_ALIGN if tune else cfg.block_items
     row_tiles = triton.cdiv(B, 64 if tune else cfg.block_rows)
     splits = config.split_count(triton.cdiv(N, align), row_tiles, hidden.device)
@@ -172,7 +150,7 @@ def normalized_lse_forward(
     )
     if tune:
         grid = lambda m: (triton.cdiv(B, m["BLOCK_B"]), splits)  # noqa: E731
-        _autotuned_kernel()[grid](*args, **meta)
+        config.autotuned(_normalized_lse_fwd_kernel, _TUNE, ["D", "COMPUTE_O", "DOT_DTYPE"])[grid](*args, **meta)
     else:
         grid = (triton.cdiv(B, cfg.block_rows), splits)
         _normalized_lse_fwd_kernel[grid](
