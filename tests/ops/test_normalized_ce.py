@@ -225,3 +225,26 @@ def test_reference_equals_cross_entropy_on_dense_logits(device):
         hidden, items, targets, impl="torch", temperature=0.3, normalize_hidden=True, label_smoothing=0.1
     )
     assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.gpu
+def test_int64_offsets_beyond_2_31_elements():
+    """A (2^25 + 17) x 64 bf16 table has more than 2^31 elements: every pointer
+    offset in the kernels must be 64-bit."""
+    N, D, B = 2**25 + 17, 64, 16
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    items = torch.randn(N, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    hidden = torch.randn(B, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    targets = torch.tensor([0, N - 1, N // 2, 2**31 // D + 3] * 4, device="cuda")
+    assert items.numel() > 2**31
+    e = items.requires_grad_()
+    loss = tf.normalized_softmax_ce(hidden, e, targets, impl="triton", reduction="sum")
+    loss.backward()
+    ref = tf.normalized_softmax_ce(hidden.float(), items.detach().float(), targets, impl="torch", chunk_size=4,
+                                   reduction="sum")
+    assert rel_err(loss, ref, 1.0) < 1e-3
+    # The target rows receive the largest gradients; rows past 2^31 elements included.
+    assert e.grad[N - 1].abs().sum() > 0 and e.grad[2**31 // D + 3].abs().sum() > 0
+    ranks = tf.target_rank(hidden, items.detach(), targets, impl="triton")
+    ref_ranks = tf.target_rank(hidden, items.detach(), targets, impl="torch", chunk_size=4)
+    assert (ranks - ref_ranks).abs().max() <= 1
