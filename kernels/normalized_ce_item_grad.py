@@ -131,6 +131,8 @@ def normalized_ce_item_grad(
     """
     B, D = hidden.shape
     N = item_emb.shape[0]
+    if B == 0:
+        return torch.zeros_like(item_emb)
     tune = config.autotune_enabled() and not config.interpreting()
     cfg = config.for_width(_DEFAULTS, _INTERPRETER, D)
     align = config.SPLIT_ALIGN if tune else cfg.block_rows

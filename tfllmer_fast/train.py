@@ -101,6 +101,8 @@ class Trainer:
     """Owns model, optimizer and the per-epoch state; ``fit`` runs to early stop."""
 
     def __init__(self, split: Split, config: TrainConfig, *, item_init=None, out_dir=None):
+        if config.epochs < 1 or config.patience < 1:
+            raise ValueError(f"epochs and patience must be >= 1, got {config.epochs} and {config.patience}")
         self.split = split
         self.config = config
         self.out_dir = Path(out_dir) if out_dir else None

@@ -248,3 +248,15 @@ def test_int64_offsets_beyond_2_31_elements():
     ranks = tf.target_rank(hidden, items.detach(), targets, impl="triton")
     ref_ranks = tf.target_rank(hidden, items.detach(), targets, impl="torch", chunk_size=4)
     assert (ranks - ref_ranks).abs().max() <= 1
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_empty_batch_like_torch(impl, device):
+    hidden = torch.randn(0, 16, device=device, requires_grad=True)
+    items = torch.randn(40, 16, device=device, requires_grad=True)
+    targets = torch.zeros(0, dtype=torch.long, device=device)
+    assert torch.isnan(tf.normalized_softmax_ce(hidden, items, targets, impl=impl))
+    total = tf.normalized_softmax_ce(hidden, items, targets, impl=impl, reduction="sum")
+    total.backward()
+    assert total == 0 and hidden.grad.shape == (0, 16)
+    assert tf.normalized_softmax_ce(hidden, items, targets, impl=impl, reduction="none").shape == (0,)

@@ -82,6 +82,9 @@ def normalized_ce_rows(
             loss, lse = _chunk_rows(hidden[sl], items, targets[sl], *args)
         losses.append(loss)
         lses.append(lse)
+    if not losses:  # no rows: empty results that stay connected to the graph
+        empty = hidden.sum(-1).to(torch.promote_types(hidden.dtype, torch.float32))
+        return empty, empty.detach()
     if len(losses) == 1:
         return losses[0], lses[0]
     return torch.cat(losses), torch.cat(lses)
