@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import config
-from ._dot import mma
+from ._tiles import load_tile, mma
 
 LOG2E = 1.4426950408889634
 
@@ -59,7 +59,7 @@ def _normalized_ce_item_grad_kernel(
     mask_d = offs_d < D
     mask_nd = mask_n[:, None] & mask_d[None, :]
 
-    e = tl.load(E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed, mask=mask_nd, other=0.0)
+    e = load_tile(E, offs_n, offs_d, mask_n, mask_d, stride_en, stride_ed)
     r = tl.load(ITEM_SCALE + offs_n, mask=mask_n, other=0.0)
     e_t = tl.trans(e.to(DOT_DTYPE))
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -69,10 +69,7 @@ def _normalized_ce_item_grad_kernel(
     for b0 in tl.range(b_start, b_end, BLOCK_B):
         offs_b = b0 + tl.arange(0, BLOCK_B)
         mask_b = offs_b < b_end
-        h = tl.load(
-            H + offs_b[:, None] * stride_hb + offs_d[None, :] * stride_hd,
-            mask=mask_b[:, None] & mask_d[None, :], other=0.0,
-        )
+        h = load_tile(H, offs_b, offs_d, mask_b, mask_d, stride_hb, stride_hd)
         s = tl.load(ROW_SCALE + offs_b, mask=mask_b, other=0.0)
         lse = tl.load(LSE + offs_b, mask=mask_b, other=0.0)
         a = tl.load(GRAD_P + offs_b, mask=mask_b, other=0.0)

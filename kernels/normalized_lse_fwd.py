@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import config
-from ._dot import mma
+from ._tiles import load_tile, mma
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -57,10 +57,7 @@ def _normalized_lse_fwd_kernel(
     mask_b = offs_b < B
     mask_d = offs_d < D
 
-    h = tl.load(
-        H + offs_b[:, None] * stride_hb + offs_d[None, :] * stride_hd,
-        mask=mask_b[:, None] & mask_d[None, :], other=0.0,
-    ).to(DOT_DTYPE)
+    h = load_tile(H, offs_b, offs_d, mask_b, mask_d, stride_hb, stride_hd).to(DOT_DTYPE)
     # exp2 is the native instruction; fold log2(e) into the row scale once.
     s2 = tl.load(ROW_SCALE + offs_b, mask=mask_b, other=0.0) * LOG2E
 
@@ -73,10 +70,7 @@ def _normalized_lse_fwd_kernel(
     for n0 in tl.range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
-        e = tl.load(
-            E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
-            mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-        )
+        e = load_tile(E, offs_n, offs_d, mask_n, mask_d, stride_en, stride_ed)
         r = tl.load(ITEM_SCALE + offs_n, mask=mask_n, other=0.0)
         # Logits from the raw rows, scaled after the fp32 accumulation: no rounded
         # normalized copy of the table enters the log-sum-exp.

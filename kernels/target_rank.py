@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import config
-from ._dot import mma
+from ._tiles import load_tile, mma
 
 _DEFAULT = config.BlockConfig(block_rows=128, block_items=128, num_warps=8, num_stages=3)
 _INTERPRETER = config.BlockConfig(block_rows=16, block_items=32, num_warps=1, num_stages=1)
@@ -38,13 +38,11 @@ def _target_rank_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_b = offs_b < B
     mask_d = offs_d < D
-    h = tl.load(H + offs_b[:, None] * stride_hb + offs_d[None, :] * stride_hd,
-                mask=mask_b[:, None] & mask_d[None, :], other=0.0).to(DOT_DTYPE)
+    h = load_tile(H, offs_b, offs_d, mask_b, mask_d, stride_hb, stride_hd).to(DOT_DTYPE)
     s = tl.load(ROW_SCALE + offs_b, mask=mask_b, other=0.0)
     t = tl.load(TARGETS + offs_b, mask=mask_b, other=0)
 
-    e_t = tl.load(E + t[:, None] * stride_en + offs_d[None, :] * stride_ed,
-                  mask=mask_b[:, None] & mask_d[None, :], other=0.0).to(DOT_DTYPE)
+    e_t = load_tile(E, t, offs_d, mask_b, mask_d, stride_en, stride_ed).to(DOT_DTYPE)
     r_t = tl.load(ITEM_SCALE + t, mask=mask_b, other=0.0)
     z_tt = mma(h, tl.trans(e_t), UPCAST, PRECISION)
     diag = tl.arange(0, BLOCK_B)[:, None] == tl.arange(0, BLOCK_B)[None, :]
@@ -58,8 +56,7 @@ def _target_rank_kernel(
     for n0 in tl.range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
-        e = tl.load(E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(DOT_DTYPE)
+        e = load_tile(E, offs_n, offs_d, mask_n, mask_d, stride_en, stride_ed).to(DOT_DTYPE)
         r = tl.load(ITEM_SCALE + offs_n, mask=mask_n, other=0.0)
         z = mma(h, tl.trans(e), UPCAST, PRECISION) * s[:, None] * r[None, :]
         ge = (z >= target[:, None]) & mask_n[None, :] & (offs_n[None, :] != t[:, None])

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from . import config
-from ._dot import mma
+from ._tiles import load_tile, mma
 
 LOWEST_KEY = -(2**63)
 
@@ -50,8 +50,7 @@ def _topk_kernel(
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_d = tl.arange(0, BLOCK_D)
     mask_b = offs_b < B
-    h = tl.load(H + offs_b[:, None] * stride_hb + offs_d[None, :] * stride_hd,
-                mask=mask_b[:, None] & (offs_d[None, :] < D), other=0.0).to(DOT_DTYPE)
+    h = load_tile(H, offs_b, offs_d, mask_b, offs_d < D, stride_hb, stride_hd).to(DOT_DTYPE)
     s = tl.load(ROW_SCALE + offs_b, mask=mask_b, other=0.0)
 
     best = tl.full([BLOCK_B, K], -9223372036854775807 - 1, tl.int64)
@@ -61,8 +60,7 @@ def _topk_kernel(
     for n0 in tl.range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
-        e = tl.load(E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
-                    mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0).to(DOT_DTYPE)
+        e = load_tile(E, offs_n, offs_d, mask_n, offs_d < D, stride_en, stride_ed).to(DOT_DTYPE)
         r = tl.load(ITEM_SCALE + offs_n, mask=mask_n, other=0.0)
         z = mma(h, tl.trans(e), UPCAST, PRECISION) * s[:, None] * r[None, :]
         key = tl.where(mask_n[None, :], _pack(z, offs_n[None, :]), -9223372036854775807 - 1)
