@@ -14,9 +14,9 @@ import torch
 
 from tfllmer_fast.models import build_model
 from tfllmer_fast.reference import plain_normalized_ce
+from tfllmer_fast.timing import peak_extra_memory, synchronize
 
 from .common import DATASET_STATS, GPU, NO_GPU_REASON, device_name, synthetic_interactions
-from tfllmer_fast.timing import peak_extra_memory, synchronize
 
 
 def _step_fn(head, num_items, batch, device, amp):

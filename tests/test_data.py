@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfllmer_fast import data
 from tests.graph.conftest import DATA
+from tfllmer_fast import data
 
 
 def test_s3rec_reader(tmp_path):

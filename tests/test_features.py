@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tfllmer_fast import features
 from tests.graph.conftest import DATA
+from tfllmer_fast import features
 
 
 def _write(tmp_path, payload):

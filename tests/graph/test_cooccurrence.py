@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse
 
+from tests.graph.conftest import BACKENDS, random_sequences
 from tfllmer_fast.graph import cooccurrence, normalized_adjacency
 from tfllmer_fast.graph import native as native_module
-from tests.graph.conftest import BACKENDS, random_sequences
 
 
 def _to_scipy(matrix):

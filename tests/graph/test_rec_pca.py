@@ -8,9 +8,9 @@ import scipy.sparse
 import torch
 
 import tfllmer_fast as tf
-from tfllmer_fast.graph import chebyshev_coefficients, cooccurrence, normalized_adjacency, truncation_bound
-from tfllmer_fast.graph.array_module import cupy_available
 from tests.graph.conftest import random_sequences
+from tfllmer_fast.graph import chebyshev_coefficients, cooccurrence, truncation_bound
+from tfllmer_fast.graph.array_module import cupy_available
 
 FP32_FLOOR = 1e-5
 

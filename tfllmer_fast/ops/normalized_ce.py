@@ -13,8 +13,10 @@ import torch
 from torch import Tensor
 
 from ..reference.normalized_ce import normalized_ce_rows
-from . import _checks
-from . import normalized_ce_triton  # noqa: F401  (registers the custom ops)
+from . import (
+    _checks,
+    normalized_ce_triton,  # noqa: F401  (registers the custom ops)
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 
