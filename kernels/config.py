@@ -76,6 +76,14 @@ def aligned_chunk(total: int, splits: int, align: int) -> int:
     return -(-per // align) * align
 
 
+def split_work(total: int, align: int, other_programs: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length, number of chunks) splitting ``total`` into ``align``-aligned
+    chunks so that ``other_programs * chunks`` fills the device; no chunk is empty."""
+    splits = split_count(-(-total // align), other_programs, device)
+    per_split = aligned_chunk(total, splits, align)
+    return per_split, -(-total // per_split)
+
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 

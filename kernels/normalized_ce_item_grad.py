@@ -134,9 +134,7 @@ def normalized_ce_item_grad(
     cfg = config.for_width(_DEFAULTS, _INTERPRETER, D)
     align = config.SPLIT_ALIGN if tune else cfg.block_rows
     item_tiles = triton.cdiv(N, 64 if tune else cfg.block_items)
-    splits = config.split_count(triton.cdiv(B, align), item_tiles, hidden.device)
-    rows_per_split = config.aligned_chunk(B, splits, align)
-    splits = triton.cdiv(B, rows_per_split)
+    rows_per_split, splits = config.split_work(B, align, item_tiles, hidden.device)
 
     if splits == 1:
         out = torch.empty(N, D, device=item_emb.device, dtype=item_emb.dtype)

@@ -120,9 +120,7 @@ def normalized_lse_forward(
     cfg = config.for_width(_DEFAULTS, _INTERPRETER, D)
     align = config.SPLIT_ALIGN if tune else cfg.block_items
     row_tiles = triton.cdiv(B, 64 if tune else cfg.block_rows)
-    splits = config.split_count(triton.cdiv(N, align), row_tiles, hidden.device)
-    items_per_split = config.aligned_chunk(N, splits, align)
-    splits = triton.cdiv(N, items_per_split)
+    items_per_split, splits = config.split_work(N, align, row_tiles, hidden.device)
 
     lse_part = torch.empty(splits, B, device=hidden.device, dtype=torch.float32)
     o_part = (

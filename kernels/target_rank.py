@@ -71,9 +71,7 @@ def target_rank_counts(hidden, item_emb, row_scale, item_scale, targets, *, comp
     N = item_emb.shape[0]
     cfg = _INTERPRETER if config.interpreting() else _DEFAULT
     row_tiles = triton.cdiv(B, cfg.block_rows)
-    splits = config.split_count(triton.cdiv(N, cfg.block_items), row_tiles, hidden.device)
-    items_per_split = config.aligned_chunk(N, splits, cfg.block_items)
-    splits = triton.cdiv(N, items_per_split)
+    items_per_split, splits = config.split_work(N, cfg.block_items, row_tiles, hidden.device)
     part = torch.empty(splits, B, device=hidden.device, dtype=torch.int32)
     target_score = torch.empty(B, device=hidden.device, dtype=torch.float32)
     _target_rank_kernel[(row_tiles, splits)](

@@ -89,9 +89,7 @@ def topk_keys(hidden, item_emb, row_scale, item_scale, k: int, *, compute_dtype)
     K = max(triton.next_power_of_2(k), 2)
     cfg = _config(K)
     row_tiles = triton.cdiv(B, cfg.block_rows)
-    splits = config.split_count(triton.cdiv(N, cfg.block_items), row_tiles, hidden.device)
-    items_per_split = config.aligned_chunk(N, splits, cfg.block_items)
-    splits = triton.cdiv(N, items_per_split)
+    items_per_split, splits = config.split_work(N, cfg.block_items, row_tiles, hidden.device)
     part = torch.empty(splits, B, K, device=hidden.device, dtype=torch.int64)
     _topk_kernel[(row_tiles, splits)](
         hidden, item_emb, row_scale, item_scale, part,
