@@ -76,7 +76,7 @@ def test_cli_train_end_to_end(tmp_path):
                      "--out", str(out), "--batch-size", "16"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["config"]["model"] == "gru4rec"
-    assert metrics["dataset"]["users"] == 80
+    assert metrics["dataset"]["users"] == 80 and metrics["dataset"]["path"] == str(data_file)
 
 
 def test_unknown_init_is_an_error(small):

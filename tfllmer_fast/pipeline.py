@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -54,17 +53,15 @@ def run(data_path, config: TrainConfig, *, features_path=None, beta: float = 0.3
     if k_core > 1:
         data = data_mod.k_core(data, k_core)
     features = load_features(features_path, data.num_items, data.item_ids) if features_path else None
-    result = run_interactions(data, config, features=features, beta=beta, split=split, out_dir=out_dir,
-                              resume=resume)
-    result["dataset"].update(path=str(data_path), k_core=k_core)
-    result["features"] = None if features_path is None else str(features_path)
-    if out_dir:
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
+    info = {"dataset": {"path": str(data_path), "k_core": k_core},
+            "features": None if features_path is None else str(features_path)}
+    return run_interactions(data, config, features=features, beta=beta, split=split, out_dir=out_dir,
+                            resume=resume, info=info)
 
 
 def run_interactions(data, config: TrainConfig, *, features=None, beta: float = 0.3, split: str = "loo",
-                     out_dir=None, resume: bool = False) -> dict:
+                     out_dir=None, resume: bool = False, info: dict | None = None) -> dict:
+    """Split, initialize the items, train and evaluate; ``info`` is recorded with the results."""
     stats = data.stats()
     log.info("dataset: %s", stats)
     sp = data_mod.split(data, split)
@@ -75,10 +72,10 @@ def run_interactions(data, config: TrainConfig, *, features=None, beta: float = 
         if not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
         trainer.load_checkpoint(ckpt)
-    result = trainer.fit()
-    result["dataset"] = dict(stats)
-    result["beta"] = beta if config.init == "recpca" else None
-    return result
+    info = dict(info or {})
+    info["dataset"] = {**stats, **info.get("dataset", {})}
+    info["beta"] = beta if config.init == "recpca" else None
+    return trainer.fit(info)
 
 
 def config_for(**overrides) -> TrainConfig:

@@ -142,7 +142,9 @@ class Trainer:
             step_times.append(time.perf_counter() - tic)
         return {"loss": float(np.mean(losses)), "step_ms": 1e3 * float(np.median(step_times))}
 
-    def fit(self) -> dict:
+    def fit(self, info: dict | None = None) -> dict:
+        """Train to early stop, restore the best model, evaluate on test; ``info``
+        (dataset, features, ...) goes into the result and ``metrics.json``."""
         cfg = self.config
         start = time.perf_counter()
         while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
@@ -167,6 +169,7 @@ class Trainer:
             "train_seconds": time.perf_counter() - start,
             "split": {"protocol": self.split.protocol, **self.split.counts},
             "config": asdict(cfg),
+            **(info or {}),
         }
         if self.out_dir:
             (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
