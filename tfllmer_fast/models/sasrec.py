@@ -14,8 +14,8 @@ class SASRec(SequentialRecommender):
     """Defaults: 2 blocks and max length 50 as in the SASRec paper; 2 heads and
     hidden 64 as in RecBole's SASRec and the S3-Rec comparison; dropout 0.5, the
     SASRec paper's rate for the sparse Amazon datasets. Pre-LayerNorm blocks,
-    learned positions, padding positions zeroed after every block (the paper's
-    timeline mask)."""
+    learned positions, padding keys masked and padding positions zeroed after
+    every block (the paper's timeline mask)."""
 
     def __init__(self, num_items: int, dim: int = 64, max_len: int = 50, *, num_blocks: int = 2,
                  num_heads: int = 2, dropout: float = 0.5, **head_options):
@@ -32,10 +32,22 @@ class SASRec(SequentialRecommender):
 
     def encode(self, seq: Tensor) -> Tensor:
         length = seq.shape[1]
-        keep = (seq != PAD).unsqueeze(-1).to(self.item_table.dtype)
+        padding = seq == PAD
+        keep = (~padding).unsqueeze(-1).to(self.item_table.dtype)
         x = self.embed_items(seq) * math.sqrt(self.dim) + self.positions.weight[-length:]
         x = self.dropout(x) * keep
-        mask = self.causal[:length, :length]
+        mask = self._attention_mask(padding)
         for block in self.blocks:
-            x = block(x, src_mask=mask, is_causal=True) * keep
+            x = block(x, src_mask=mask) * keep
         return self.final_norm(x)
+
+    def _attention_mask(self, padding: Tensor) -> Tensor:
+        """(B * heads, L, L) additive mask: causal, and real positions never attend
+        to padding keys (as in the SASRec and RecBole code), so a real position's
+        output does not depend on how much padding precedes it. Padding queries
+        keep their own key: a fully masked row would give NaN."""
+        length = padding.shape[1]
+        real_query = ~padding.unsqueeze(-1)
+        blocked = padding.unsqueeze(1) & real_query
+        mask = self.causal[:length, :length].masked_fill(blocked, float("-inf"))
+        return mask.repeat_interleave(self.blocks[0].self_attn.num_heads, dim=0)
