@@ -83,3 +83,22 @@ def test_init_items_and_freeze():
     assert not model.item_table.requires_grad and (model.item_table[0] == 0).all()
     with pytest.raises(ValueError, match="expected \\(40, 8\\)"):
         model.init_items(init[:, :4])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_attention_ignores_leading_padding(name):
+    torch.manual_seed(0)
+    model = build_model(name, NUM_ITEMS, dim=16, max_len=8).eval()
+    short = torch.tensor([[3, 1, 4, 1, 5]])
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)
+    torch.testing.assert_close(model.encode(padded)[:, 3:], model.encode(short), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_loss_is_the_head_mean_over_non_padding_targets(name):
+    torch.manual_seed(0)
+    model = build_model(name, NUM_ITEMS, dim=16, max_len=10).eval()
+    inputs, targets = model.make_batch(_sequences(), np.random.default_rng(0))
+    full = torch.nn.functional.cross_entropy(model.head.scores(model.encode(inputs)).flatten(0, 1),
+                                             targets.flatten(), ignore_index=0)
+    torch.testing.assert_close(model.loss(inputs, targets), full, atol=1e-5, rtol=1e-5)
