@@ -215,16 +215,23 @@ def test_reference_chunking_is_exact(chunk_size, device):
         assert rel_err(a, b) < 1e-12
 
 
-def test_reference_equals_cross_entropy_on_dense_logits(device):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_reference_equals_cross_entropy_on_dense_logits(smoothing, device):
     import torch.nn.functional as F
 
     hidden, items, targets = make_inputs(37, 50, 16, torch.float64, device, ignore_rows=(2,))
-    logits = F.normalize(hidden, dim=-1) @ F.normalize(items, dim=-1).T / 0.3
-    expected = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    h1, e1 = hidden.clone().requires_grad_(), items.clone().requires_grad_()
+    logits = F.normalize(h1, dim=-1) @ F.normalize(e1, dim=-1).T / 0.3
+    expected = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    expected.backward()
+    h2, e2 = hidden.clone().requires_grad_(), items.clone().requires_grad_()
     got = tf.normalized_softmax_ce(
-        hidden, items, targets, impl="torch", temperature=0.3, normalize_hidden=True, label_smoothing=0.1
+        h2, e2, targets, impl="torch", temperature=0.3, normalize_hidden=True, label_smoothing=smoothing
     )
+    got.backward()
     assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    assert torch.allclose(h2.grad, h1.grad, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(e2.grad, e1.grad, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.gpu

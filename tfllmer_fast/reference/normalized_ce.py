@@ -31,7 +31,8 @@ def normalized_logits(
         item_emb = F.normalize(item_emb, dim=-1, eps=eps)
     if normalize_hidden:
         hidden = F.normalize(hidden, dim=-1, eps=eps)
-    return (hidden @ item_emb.transpose(0, 1)) / temperature
+    logits = hidden @ item_emb.transpose(0, 1)
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _chunk_rows(hidden, items, targets, temperature, normalize_hidden, eps, ignore_index, label_smoothing):
@@ -40,10 +41,16 @@ def _chunk_rows(hidden, items, targets, temperature, normalize_hidden, eps, igno
         normalize_hidden=normalize_hidden, eps=eps,
     )
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    loss = F.cross_entropy(
-        logits, targets, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing
-    )
-    return loss, torch.logsumexp(logits, dim=-1)
+    # One log-sum-exp serves the loss and the returned lse: F.cross_entropy plus a
+    # separate logsumexp made three passes over the (chunk, N) logits, forward and
+    # backward, and dominated the CPU step.
+    lse = torch.logsumexp(logits, dim=-1)
+    ignored = targets == ignore_index
+    picked = logits.gather(1, torch.where(ignored, 0, targets).unsqueeze(1)).squeeze(1)
+    loss = lse - picked
+    if label_smoothing:
+        loss = loss + label_smoothing * (picked - logits.mean(dim=-1))
+    return loss.masked_fill(ignored, 0.0), lse
 
 
 def normalized_ce_rows(
