@@ -84,3 +84,31 @@ def test_unknown_init_is_an_error(small):
         item_embeddings("svd", leave_one_out(small[0]), small[1], 16)
     with pytest.raises(ValueError, match="needs item features"):
         item_embeddings("pca", leave_one_out(small[0]), None, 16)
+
+
+def test_interrupt_tests_the_best_model_so_far(small, tmp_path, monkeypatch):
+    data, _ = small
+    trainer = Trainer(leave_one_out(data), _config(epochs=5, patience=10), out_dir=tmp_path)
+    finished_epoch = trainer.train_epoch
+
+    def stop_in_second_epoch():
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+        return finished_epoch()
+
+    monkeypatch.setattr(trainer, "train_epoch", stop_in_second_epoch)
+    result = trainer.fit()
+    assert result["interrupted"] is True and result["epochs_run"] == result["best_epoch"] == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["NDCG@10"] == result["test"]["NDCG@10"]
+
+
+def test_interrupt_before_any_epoch_propagates(small, monkeypatch):
+    data, _ = small
+    trainer = Trainer(leave_one_out(data), _config())
+
+    def stop():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()

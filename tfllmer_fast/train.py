@@ -144,28 +144,31 @@ class Trainer:
 
     def fit(self, info: dict | None = None) -> dict:
         """Train to early stop, restore the best model, evaluate on test; ``info``
-        (dataset, features, ...) goes into the result and ``metrics.json``."""
+        (dataset, features, ...) goes into the result and ``metrics.json``.
+        Ctrl-C after the first epoch stops training early the same way (the
+        result says ``"interrupted": true``); the checkpoint keeps the last
+        finished epoch, so ``--resume`` continues from there."""
         cfg = self.config
         start = time.perf_counter()
-        while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
-            tic = time.perf_counter()
-            row = self.train_epoch()
-            row["train_s"] = time.perf_counter() - tic
-            self.epoch += 1
-            row.update(epoch=self.epoch, valid=self.valid(self.model))
-            self.history.append(row)
-            log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
-            if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
-                self.best = {"NDCG@10": row["valid"]["NDCG@10"], "epoch": self.epoch,
-                             "state": copy.deepcopy(self.model.state_dict())}
-            self._write_epoch(row)
-            self.save_checkpoint()
+        interrupted = False
+        try:
+            while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
+                self._run_epoch()
+        except KeyboardInterrupt:
+            # Long CPU runs get stopped by hand: the epochs finished so far still
+            # give a best model, so report its test metrics instead of nothing.
+            if self.best["state"] is None:
+                raise
+            interrupted = True
+            log.warning("interrupted during epoch %d: testing the best model (epoch %d)", self.epoch + 1,
+                        self.best["epoch"])
         self.model.load_state_dict(self.best["state"])
         result = {
             "valid": self.history[self.best["epoch"] - 1]["valid"],
             "test": self.test(self.model),
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
+            "interrupted": interrupted,
             "train_seconds": time.perf_counter() - start,
             "split": {"protocol": self.split.protocol, **self.split.counts},
             "config": asdict(cfg),
@@ -175,6 +178,20 @@ class Trainer:
             (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
             torch.save(self.model.state_dict(), self.out_dir / "best_model.pt")
         return result
+
+    def _run_epoch(self) -> None:
+        tic = time.perf_counter()
+        row = self.train_epoch()
+        row["train_s"] = time.perf_counter() - tic
+        self.epoch += 1
+        row.update(epoch=self.epoch, valid=self.valid(self.model))
+        self.history.append(row)
+        log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
+        if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
+            self.best = {"NDCG@10": row["valid"]["NDCG@10"], "epoch": self.epoch,
+                         "state": copy.deepcopy(self.model.state_dict())}
+        self._write_epoch(row)
+        self.save_checkpoint()
 
     def _write_epoch(self, row):
         if self.out_dir:
