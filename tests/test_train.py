@@ -46,7 +46,9 @@ def test_resume_is_exact(small, tmp_path):
     first.fit()
     resumed = Trainer(split, _config(epochs=3, patience=10), out_dir=tmp_path)
     resumed.load_checkpoint(tmp_path / "checkpoint.pt")
-    resumed.fit()
+    result = resumed.fit()
+    assert len(resumed.history) == 3  # the resumed run's cost includes the epoch run before the resume
+    assert result["train_seconds"] == pytest.approx(sum(r["train_s"] + r["valid_s"] for r in resumed.history))
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -149,7 +149,6 @@ class Trainer:
         result says ``"interrupted": true``); the checkpoint keeps the last
         finished epoch, so ``--resume`` continues from there."""
         cfg = self.config
-        start = time.perf_counter()
         interrupted = False
         try:
             while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
@@ -169,7 +168,8 @@ class Trainer:
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
             "interrupted": interrupted,
-            "train_seconds": time.perf_counter() - start,
+            # Summed from the epoch rows so that a resumed run reports its whole cost.
+            "train_seconds": sum(row["train_s"] + row["valid_s"] for row in self.history),
             "split": {"protocol": self.split.protocol, **self.split.counts},
             "config": asdict(cfg),
             **(info or {}),
@@ -184,7 +184,9 @@ class Trainer:
         row = self.train_epoch()
         row["train_s"] = time.perf_counter() - tic
         self.epoch += 1
+        tic = time.perf_counter()
         row.update(epoch=self.epoch, valid=self.valid(self.model))
+        row["valid_s"] = time.perf_counter() - tic
         self.history.append(row)
         log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
         if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
