@@ -10,7 +10,6 @@ import torch
 
 from .data import read_interactions, split
 from .models import build_model
-from .models.base import PAD
 from .timing import synchronize
 
 PHASES = ("data", "backbone forward", "head forward", "backward", "optimizer")
@@ -43,8 +42,7 @@ def profile_training(data_path, *, model: str = "sasrec", steps: int = 10, batch
         inputs, targets = timed("data", lambda: [t.to(device) for t in net.make_batch(batch, rng)])
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             hidden = timed("backbone forward", lambda: net.encode(inputs))
-            keep = targets != PAD  # the rows SequentialRecommender.loss sends to the head
-            loss = timed("head forward", lambda: net.head(hidden[keep], targets[keep]))
+            loss = timed("head forward", lambda: net.head_loss(hidden, targets))
         opt.zero_grad(set_to_none=True)
         timed("backward", loss.backward)
         timed("optimizer", opt.step)

@@ -168,8 +168,9 @@ class Trainer:
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
             "interrupted": interrupted,
-            # Summed from the epoch rows so that a resumed run reports its whole cost.
-            "train_seconds": sum(row["train_s"] + row["valid_s"] for row in self.history),
+            # Summed from the epoch rows so that a resumed run reports its whole cost
+            # (rows from checkpoints written before valid_s existed count training only).
+            "train_seconds": sum(row["train_s"] + row.get("valid_s", 0.0) for row in self.history),
             "split": {"protocol": self.split.protocol, **self.split.counts},
             "config": asdict(cfg),
             **(info or {}),
@@ -183,10 +184,11 @@ class Trainer:
         tic = time.perf_counter()
         row = self.train_epoch()
         row["train_s"] = time.perf_counter() - tic
-        self.epoch += 1
         tic = time.perf_counter()
-        row.update(epoch=self.epoch, valid=self.valid(self.model))
+        row["valid"] = self.valid(self.model)
         row["valid_s"] = time.perf_counter() - tic
+        self.epoch += 1
+        row["epoch"] = self.epoch
         self.history.append(row)
         log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
         if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:

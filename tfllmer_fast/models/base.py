@@ -87,10 +87,12 @@ class SequentialRecommender(nn.Module):
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
     def loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return self.head_loss(self.encode(inputs), targets)
+
+    def head_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy over the non-padding targets. Only those rows go to
         the head: on short-sequence data (Amazon: ~6 real positions of 50) the
         padding rows would otherwise be most of the head's work."""
-        hidden = self.encode(inputs)
         keep = targets != PAD
         return self.head(hidden[keep], targets[keep])
 
