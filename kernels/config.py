@@ -1,15 +1,22 @@
 """Launch configuration shared by the Triton kernels.
 
-One fixed default config per head width keeps the first call cheap and the
-behaviour reproducible; ``TFLLMER_FAST_AUTOTUNE=1`` swaps in ``triton.autotune``
-over a short list instead.
+Each kernel has one ``KernelTable``: a fixed default config per size (the head
+width, or K for top-k), a short autotune list, and the interpreter's config.
+Launchers pick from it through ``pick`` and launch through ``launch``; the
+compile gate (``tfllmer_fast.kernels.gate``) enumerates the same tables and
+captures the same launches, so a config cannot reach users without having
+been compiled for sm_80 and sm_90. ``TFLLMER_FAST_AUTOTUNE=1`` swaps the fixed
+default for ``triton.autotune`` over the table's list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import triton
@@ -19,6 +26,10 @@ import triton.language as tl
 # autotuner picks, so the partial-result buffers never depend on the config.
 SPLIT_ALIGN = 256
 
+# Passed explicitly: the kernels count on fused multiply-adds (the exp2
+# arguments are one FFMA each), and Triton 3.9 warns when the default is used.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
 
 @dataclass(frozen=True)
 class BlockConfig:
@@ -27,12 +38,110 @@ class BlockConfig:
     num_warps: int
     num_stages: int
 
-    def as_triton(self, rows_key: str, items_key: str) -> triton.Config:
+    def as_triton(self) -> triton.Config:
         return triton.Config(
-            {rows_key: self.block_rows, items_key: self.block_items},
+            {"BLOCK_B": self.block_rows, "BLOCK_N": self.block_items},
             num_warps=self.num_warps,
             num_stages=self.num_stages,
         )
+
+    @property
+    def label(self) -> str:
+        return f"{self.block_rows}x{self.block_items} w{self.num_warps} s{self.num_stages}"
+
+
+INTERPRETER = BlockConfig(block_rows=16, block_items=32, num_warps=1, num_stages=1)
+
+
+ARCHS = ("sm_80", "sm_90")
+OPERANDS = ("16bit", "tf32", "tf32x3")
+
+
+@dataclass(frozen=True, eq=False)
+class KernelTable:
+    """Every config a launcher can pick for one kernel.
+
+    ``defaults[(arch, operands)][size]`` is the fixed config for a size (the head
+    width, or K for top-k) on an architecture family ("sm_90": wgmma and 227 KB
+    of shared memory; "sm_80": mma.sync, sized for the 99 KB of sm_86 / sm_89
+    so that every 8.x card can use it) and an operand kind ("16bit" for bf16 /
+    fp16, "tf32" and "tf32x3" for fp32, see ``dot_precision``). A size uses the
+    config of the smallest listed size >= it; larger sizes are not served.
+    """
+
+    defaults: dict = field(default_factory=dict)
+    autotune: bool = True  # whether TFLLMER_FAST_AUTOTUNE applies (its grid must not depend on the config)
+    interpreter: BlockConfig = INTERPRETER
+
+    def max_size(self, arch: str, operands: str) -> int:
+        """The largest size served on ``arch`` with ``operands``."""
+        return max(self.defaults[(arch, operands)])
+
+    def default(self, size: int, arch: str, operands: str) -> BlockConfig:
+        by_size = self.defaults[(arch, operands)]
+        for limit in sorted(by_size):
+            if size <= limit:
+                return by_size[limit]
+        raise ValueError(f"size {size} is above the largest served on {arch} with {operands} operands ({max(by_size)})")
+
+    def candidates(self, size: int, arch: str, operands: str) -> list:
+        """What autotuning tries: the default for ``size``, then the defaults of
+        the wider sizes of the same family (they fit at their own width, so at
+        this one too): a short list that the compile gate covers."""
+        by_size = self.defaults[(arch, operands)]
+        out = [self.default(size, arch, operands)]
+        out += [by_size[s] for s in sorted(by_size) if s >= size and by_size[s] not in out]
+        return out if self.autotune else out[:1]
+
+
+_FORCED: contextvars.ContextVar = contextvars.ContextVar("tfllmer_fast_forced_config", default=None)
+_CAPTURED: contextvars.ContextVar = contextvars.ContextVar("tfllmer_fast_captured_launches", default=None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A launcher's config: ``config`` fixed, or None when ``triton.autotune``
+    picks among ``candidates``."""
+
+    config: BlockConfig | None
+    candidates: tuple
+
+
+@dataclass
+class Launch:
+    """One kernel launch as a launcher would issue it (grid, bound arguments)."""
+
+    kernel: Any
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    config: BlockConfig
+
+    @property
+    def options(self) -> dict:
+        return dict(num_warps=self.config.num_warps, num_stages=self.config.num_stages, **COMPILE_OPTIONS)
+
+
+@contextlib.contextmanager
+def forced(cfg: BlockConfig):
+    """Launchers use ``cfg`` instead of their table's choice (the compile gate)."""
+    token = _FORCED.set(cfg)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+@contextlib.contextmanager
+def captured():
+    """Launchers record their launches in the yielded list instead of running
+    them (the compile gate binds and compiles them ahead of time)."""
+    launches: list = []
+    token = _CAPTURED.set(launches)
+    try:
+        yield launches
+    finally:
+        _CAPTURED.reset(token)
 
 
 def interpreting() -> bool:
@@ -42,6 +151,61 @@ def interpreting() -> bool:
 
 def autotune_enabled() -> bool:
     return os.environ.get("TFLLMER_FAST_AUTOTUNE", "0") == "1"
+
+
+def arch(device: torch.device) -> str:
+    """The table family of a CUDA device: "sm_90" from compute capability 9 on
+    (Hopper's wgmma), "sm_80" below."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return "sm_90" if torch.cuda.get_device_capability(index)[0] >= 9 else "sm_80"
+
+
+def operand_kind(dtype: torch.dtype) -> str:
+    """The table's operand kind of a compute dtype: "16bit", "tf32" or "tf32x3"."""
+    return "16bit" if dtype != torch.float32 else dot_precision(dtype)
+
+
+def served(table: KernelTable, size: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the table has a config for ``size`` on this device and dtype (the
+    interpreter serves every size some table lists)."""
+    if interpreting() or device.type != "cuda":
+        return size <= max(max(by_size) for by_size in table.defaults.values())
+    return size <= table.max_size(arch(device), operand_kind(dtype))
+
+
+def pick(table: KernelTable, size: int, device: torch.device, dtype: torch.dtype) -> Choice:
+    """The config to launch with (or the autotune candidates)."""
+    forced_cfg = _FORCED.get()
+    if forced_cfg is not None:
+        return Choice(forced_cfg, (forced_cfg,))
+    if interpreting():
+        return Choice(table.interpreter, (table.interpreter,))
+    candidates = tuple(table.candidates(size, arch(device), operand_kind(dtype)))
+    if autotune_enabled() and table.autotune:
+        return Choice(None, candidates)
+    return Choice(candidates[0], candidates)
+
+
+def launch(kernel, choice: Choice, grid: Callable[[dict], tuple], args: tuple, meta: dict, *,
+           tune_key: tuple = ()) -> None:
+    """Launch ``kernel`` with ``choice.config``, or autotuned over its
+    candidates. ``grid`` maps the constexprs (with BLOCK_B / BLOCK_N) to the grid."""
+    cfg = choice.config
+    if cfg is None:
+        _autotuned(kernel, choice.candidates, tuple(tune_key))[grid](*args, **meta, **COMPILE_OPTIONS)
+        return
+    constexprs = dict(meta, BLOCK_B=cfg.block_rows, BLOCK_N=cfg.block_items)
+    record = Launch(kernel, tuple(grid(constexprs)), args, constexprs, cfg)
+    captured_launches = _CAPTURED.get()
+    if captured_launches is not None:
+        captured_launches.append(record)
+        return
+    kernel[record.grid](*args, **constexprs, **record.options)
+
+
+@functools.lru_cache(maxsize=None)
+def _autotuned(kernel, candidates: tuple, key: tuple):
+    return triton.autotune(configs=[c.as_triton() for c in candidates], key=list(key))(kernel)
 
 
 def block_d(dim: int) -> int:
@@ -92,38 +256,20 @@ def dot_dtype(dtype: torch.dtype):
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow torch's own matmul setting, so fp32 stays as exact as
-    torch unless the user allowed TF32."""
+    """The tensor-core mode for fp32 operands, following torch's own matmul
+    setting: "highest" (torch's default) gets 3-pass TF32, whose error stays at
+    the level of an fp32 FMA dot (tests/ops measure it against fp64) while
+    keeping the tensor cores; "high" and "medium" allow one TF32 pass, as torch
+    does. bf16 / fp16 ignore it."""
     if dtype != torch.float32:
         return "tf32"
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def upcast_dot() -> bool:
-    """The interpreter computes bf16 tl.dot wrongly (seen with Triton 3.9). A
-    product of two bf16 or fp16 values is exact in fp32, so an fp32 dot of the
-    already-rounded operands gives what a tensor-core dot with fp32 accumulation
-    gives."""
+    """The interpreter computes bf16 tl.dot wrongly (seen with Triton 3.9) and
+    ignores ``input_precision``: under it, ``_tiles.mma`` emulates the GPU's
+    operand rounding in an fp32 dot instead. A product of two bf16 or fp16
+    values is exact in fp32, so that gives what a tensor-core dot with fp32
+    accumulation gives."""
     return interpreting()
-
-
-def for_width(defaults: dict, interpreter: BlockConfig, dim: int) -> BlockConfig:
-    """The fixed config for a head width: the smallest listed width >= dim."""
-    if interpreting():
-        return interpreter
-    for width in sorted(defaults):
-        if dim <= width:
-            return defaults[width]
-    return BlockConfig(block_rows=32, block_items=32, num_warps=8, num_stages=2)
-
-
-_AUTOTUNED = {}
-
-
-def autotuned(kernel, configs: list, key: list):
-    """``triton.autotune`` over ``configs`` (BLOCK_B / BLOCK_N), built once per kernel."""
-    if kernel not in _AUTOTUNED:
-        _AUTOTUNED[kernel] = triton.autotune(
-            configs=[c.as_triton("BLOCK_B", "BLOCK_N") for c in configs], key=key
-        )(kernel)
-    return _AUTOTUNED[kernel]

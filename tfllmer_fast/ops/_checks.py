@@ -50,14 +50,22 @@ def compute_dtype(hidden: torch.Tensor, item_emb: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Pick the implementation: 'auto' means Triton on CUDA, torch otherwise. An
-    explicit choice that cannot run raises and says why."""
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int) -> str:
+    """Pick the implementation: 'auto' means Triton on CUDA (for widths the
+    kernels serve), torch otherwise. An explicit choice that cannot run raises
+    and says why."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if device.type == "cuda" and dtype in FLOAT_DTYPES else "torch"
+        use = device.type == "cuda" and dtype in FLOAT_DTYPES and _kernels_serve(dim, device, dtype)
+        return "triton" if use else "torch"
     if impl == "triton":
+        if dtype in FLOAT_DTYPES and not _kernels_serve(dim, device, dtype):
+            raise ValueError(
+                f"impl='triton' has no kernel config for width {dim} with {dtype} operands on {device} (fp32 "
+                f"with torch matmul precision {torch.get_float32_matmul_precision()!r} is served up to a "
+                "smaller width than bf16/fp16); use impl='torch', or bf16 autocast"
+            )
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"impl='triton' supports fp32, fp16 and bf16 inputs, got {dtype}; use impl='torch'")
         try:
@@ -91,3 +99,9 @@ def raise_on_invalid_targets(targets: torch.Tensor, num_items: int, ignore_index
 def raise_on_non_finite(name: str, x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _kernels_serve(dim: int, device: torch.device, dtype: torch.dtype) -> bool:
+    from tfllmer_fast import kernels
+
+    return kernels.serves_width(dim, device, dtype)

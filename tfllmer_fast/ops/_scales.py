@@ -20,3 +20,14 @@ def row_scale(hidden: Tensor, temperature: float, normalize_hidden: bool, eps: f
         return torch.full((hidden.shape[0],), 1.0 / temperature, device=hidden.device, dtype=torch.float32)
     norms = torch.linalg.vector_norm(hidden, dim=1, dtype=torch.float32)
     return norms.clamp_min(eps).reciprocal() / temperature
+
+
+def scaled_items(item_emb: Tensor, scale: Tensor, dtype: torch.dtype, chunk: int = 1 << 16) -> Tensor:
+    """(N, d) contiguous ``item_emb * scale[:, None]`` in ``dtype``: the rows the
+    fused kernels multiply with, the product taken in fp32 and rounded once
+    (as a kernel would), chunked so no fp32 copy of the whole table is made."""
+    out = torch.empty(item_emb.shape, device=item_emb.device, dtype=dtype)
+    for start in range(0, item_emb.shape[0], chunk):
+        stop = start + chunk
+        out[start:stop] = item_emb[start:stop].float() * scale[start:stop, None]
+    return out

@@ -110,7 +110,7 @@ def normalized_softmax_ce(
         raise ValueError("item_emb has no rows")
 
     dtype = _checks.compute_dtype(hidden, item_emb)
-    impl = _checks.resolve_impl(impl, hidden.device, dtype)
+    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
     h2 = hidden.reshape(-1, hidden.shape[-1])
     t1 = targets.reshape(-1).long()
     options = dict(

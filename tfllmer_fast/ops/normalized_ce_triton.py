@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from ._scales import item_scale, row_scale
+from ._scales import item_scale, row_scale, scaled_items
 
 
 def _kernels():
@@ -33,12 +33,18 @@ def _item_sum(item_emb: Tensor, scale: Tensor, chunk: int = 1 << 16) -> Tensor:
     return total
 
 
-def _target_rows(item_emb: Tensor, targets: Tensor, normalize_items: bool, eps: float) -> Tensor:
-    """v_t = r_t e_t in fp32 (B, d) for the (clamped) targets."""
-    rows = item_emb.index_select(0, targets).float()
-    if normalize_items:
-        rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(eps)
-    return rows
+def _kernel_items(item_emb: Tensor, scale: Tensor, normalize_items: bool, dtype: torch.dtype) -> Tensor:
+    """The rows the kernels multiply with: ``r_j e_j`` rounded once to the
+    compute dtype, contiguous (recomputed in the backward rather than kept)."""
+    if not normalize_items and item_emb.dtype == dtype and item_emb.is_contiguous():
+        return item_emb
+    return scaled_items(item_emb, scale, dtype)
+
+
+def _target_rows(item_emb: Tensor, scale: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
+    """v_t in fp32 (B, d) for the (clamped) targets, rounded exactly as the
+    kernels' rows are, so the target logit matches the log-sum-exp's terms."""
+    return scaled_items(item_emb.index_select(0, targets), scale.index_select(0, targets), dtype).float()
 
 
 @torch.library.custom_op("tfllmer_fast::normalized_ce_fwd", mutates_args=())
@@ -68,12 +74,12 @@ def normalized_ce_fwd(
     s = row_scale(hidden, temperature, normalize_hidden, eps)
     r = item_scale(item_emb, normalize_items, eps)
     lse, o = _kernels().normalized_lse_forward(
-        hidden, item_emb, s, r, compute_dtype=compute_dtype, compute_o=compute_o
+        hidden, _kernel_items(item_emb, r, normalize_items, compute_dtype), s, compute_o=compute_o
     )
 
     valid = targets != ignore_index
     safe_t = torch.where(valid & (targets >= 0) & (targets < N), targets, 0)
-    dots = (hidden.float() * _target_rows(item_emb, safe_t, normalize_items, eps)).sum(1)
+    dots = (hidden.float() * _target_rows(item_emb, r, safe_t, compute_dtype)).sum(1)
     loss = lse - (1.0 - label_smoothing) * s * dots
     if label_smoothing > 0:
         loss = loss - (label_smoothing / N) * s * (hidden.float() @ _item_sum(item_emb, r))
@@ -111,13 +117,12 @@ def normalized_ce_item_grad(
     label_smoothing: float,
     compute_dtype: torch.dtype,
 ) -> Tensor:
+    r = item_scale(item_emb, normalize_items, eps)
     return _kernels().normalized_ce_item_grad(
-        hidden, item_emb,
-        row_scale(hidden, temperature, normalize_hidden, eps),
-        item_scale(item_emb, normalize_items, eps),
+        hidden, _kernel_items(item_emb, r, normalize_items, compute_dtype), item_emb,
+        row_scale(hidden, temperature, normalize_hidden, eps), r,
         lse, grad_p, grad_t, targets,
         label_smoothing=label_smoothing, eps=eps, normalize_items=normalize_items,
-        compute_dtype=compute_dtype,
     )
 
 
@@ -150,9 +155,9 @@ def _backward(ctx, grad_loss, grad_lse, grad_o):
 
     grad_hidden = grad_items = None
     if ctx.needs_input_grad[0]:
-        q = a[:, None] * o - ((1.0 - label_smoothing) * b)[:, None] * _target_rows(item_emb, safe_t, normalize_items, eps)
+        r = item_scale(item_emb, normalize_items, eps)
+        q = a[:, None] * o - ((1.0 - label_smoothing) * b)[:, None] * _target_rows(item_emb, r, safe_t, compute_dtype)
         if label_smoothing > 0:
-            r = item_scale(item_emb, normalize_items, eps)
             q = q - (label_smoothing / N) * b[:, None] * _item_sum(item_emb, r)[None, :]
         if normalize_hidden:
             hf = hidden.float()

@@ -68,7 +68,7 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
     if not torch.compiler.is_compiling():
         _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
     dtype = _checks.compute_dtype(hidden, item_emb)
-    impl = _checks.resolve_impl(impl, hidden.device, dtype)
+    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
     targets = targets.long()
     options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
     with torch.no_grad():
@@ -87,20 +87,22 @@ def _target_rank_triton(hidden: Tensor, item_emb: Tensor, targets: Tensor, exclu
     from tfllmer_fast import kernels
 
     _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
-    s = row_scale(hidden, temperature, normalize_hidden, eps)
+    # A positive row scale (temperature, query norm) does not change a row's
+    # order: the kernel ranks by <h, e_j> r_j alone.
     r = item_scale(item_emb, normalize_items, eps)
-    counts, target_score = kernels.target_rank_counts(hidden, item_emb, s, r, targets, compute_dtype=compute_dtype)
+    counts, target_score = kernels.target_rank_counts(hidden, item_emb, r, targets, compute_dtype=compute_dtype)
     if exclude_indptr is not None:
         # Excluded items that outscore the target were counted: take them back out
         # (each once, and never the target itself).
         n = item_emb.shape[0]
-        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff())
+        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff(),
+                                       output_size=exclude_items.numel())
         keys = torch.unique(rows * n + exclude_items)
         rows, items = keys // n, keys % n
         keep = items != targets[rows]
         rows, items = rows[keep], items[keep]
         dots = (hidden[rows].to(compute_dtype).float() * item_emb[items].to(compute_dtype).float()).sum(1)
-        scores = s[rows] * r[items] * dots
+        scores = r[items] * dots
         counts = counts - torch.bincount(rows[scores >= target_score[rows]], minlength=hidden.shape[0])
     return 1 + counts
 
@@ -111,9 +113,6 @@ def _(hidden, item_emb, targets, exclude_indptr, exclude_items, normalize_items,
     return hidden.new_empty(hidden.shape[0], dtype=torch.int64)
 
 
-TOPK_MAX_KEPT = 1024
-
-
 def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, normalize_items: bool = True,
                 normalize_hidden: bool = False, temperature: float = 1.0, eps: float = 1e-12, impl: str = "auto",
                 chunk_size: int | None = None) -> TopK:
@@ -121,9 +120,11 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
     by score (ties to the smaller item id); excluded items never appear (a row
     with fewer than k candidates pads with score -inf and index -1).
 
-    ``impl="triton"`` keeps a running top-K per row tile in one pass over the
-    items (K = k + the longest exclusion list, rounded up to a power of two, at
-    most 1024); ``"torch"`` sorts chunked dense scores. Plain torch equivalent::
+    ``impl="triton"`` keeps a running top-K per row in one pass over the items
+    (K = k rounded up to a power of two, at most ``tfllmer_fast.kernels.topk_max_k()``;
+    excluded items are skipped inside the kernel); ``"torch"`` sorts chunked
+    dense scores; ``"auto"`` takes Triton on CUDA when k fits. Plain torch
+    equivalent::
 
         s = normalized_logits(hidden, item_emb, ...); s[excluded] = -inf
         torch.sort(s, dim=1, descending=True, stable=True)[:, :k]
@@ -133,15 +134,15 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
         raise ValueError(f"k must lie in 1..N = {item_emb.shape[0]}, got {k}")
     dtype = _checks.compute_dtype(hidden, item_emb)
     requested = impl
-    impl = _checks.resolve_impl(impl, hidden.device, dtype)
-    longest = 0 if exclude is None else int(exclude[0].diff().max()) if hidden.shape[0] else 0
-    if impl == "triton" and (int(k) + longest > TOPK_MAX_KEPT or not _topk_kernel_available()):
-        if requested == "triton":
-            raise ValueError(
-                f"impl='triton' keeps at most {TOPK_MAX_KEPT} candidates per row (k + longest exclusion list = "
-                f"{int(k) + longest}) and needs tl.topk; use impl='torch'"
-            )
-        impl = "torch"
+    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    if impl == "triton":
+        from tfllmer_fast import kernels
+
+        if not kernels.topk_supported() or int(k) > kernels.topk_max_k():
+            if requested == "triton":
+                raise ValueError(f"impl='triton' serves k <= {kernels.topk_max_k()} (got k={int(k)}) and needs "
+                                 "tl.argmax; use impl='torch'")
+            impl = "torch"
     options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
     with torch.no_grad():
         if impl == "torch":
@@ -149,39 +150,28 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
                                              eps=eps, **options)
         else:
             indptr, items = exclude if exclude is not None else (None, None)
-            values, indices = _topk_triton(hidden, item_emb, indptr, items, int(k), int(k) + longest,
+            longest = int(indptr.diff().max()) if exclude is not None and hidden.shape[0] else 0
+            values, indices = _topk_triton(hidden, item_emb, indptr, items, int(k), longest,
                                            normalize_items, normalize_hidden, float(temperature), float(eps), dtype)
     return TopK(values, indices)
 
 
-def _topk_kernel_available() -> bool:
-    from tfllmer_fast.kernels import topk
-
-    return topk.supported()
-
-
 @torch.library.custom_op("tfllmer_fast::topk", mutates_args=())
 def _topk_triton(hidden: Tensor, item_emb: Tensor, exclude_indptr: Optional[Tensor], exclude_items: Optional[Tensor],
-                 k: int, kept: int, normalize_items: bool, normalize_hidden: bool, temperature: float, eps: float,
+                 k: int, longest: int, normalize_items: bool, normalize_hidden: bool, temperature: float, eps: float,
                  compute_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     from tfllmer_fast import kernels
 
-    s = row_scale(hidden, temperature, normalize_hidden, eps)
     r = item_scale(item_emb, normalize_items, eps)
-    keys = kernels.topk_keys(hidden, item_emb, s, r, kept, compute_dtype=compute_dtype)
-    if exclude_indptr is not None:
-        n = item_emb.shape[0]
-        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff())
-        _, candidates = kernels.unpack_topk_keys(keys)
-        row_of = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-        excluded = torch.isin(row_of * n + candidates, rows * n + exclude_items) & (candidates >= 0)
-        keys = keys.masked_fill(excluded, kernels.topk.LOWEST_KEY)
-    keys = torch.topk(keys, k, dim=1).values  # keys are distinct, so this is the sorted order
-    return kernels.unpack_topk_keys(keys)
+    exclude = None if exclude_indptr is None else (exclude_indptr, exclude_items, longest)
+    keys = kernels.topk_keys(hidden, item_emb, r, k, exclude=exclude, compute_dtype=compute_dtype)
+    scores, indices = kernels.unpack_topk_keys(keys)
+    # The kernel ranks by <h, e_j> r_j; the row scale enters the values only.
+    return scores * row_scale(hidden, temperature, normalize_hidden, eps)[:, None], indices
 
 
 @_topk_triton.register_fake
-def _(hidden, item_emb, exclude_indptr, exclude_items, k, kept, normalize_items, normalize_hidden, temperature, eps,
+def _(hidden, item_emb, exclude_indptr, exclude_items, k, longest, normalize_items, normalize_hidden, temperature, eps,
       compute_dtype):
     B = hidden.shape[0]
     return hidden.new_empty((B, k), dtype=torch.float32), hidden.new_empty((B, k), dtype=torch.int64)
