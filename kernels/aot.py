@@ -78,6 +78,8 @@ def inspect_launch(launch: Launch, target: str) -> KernelStats:
         compiled = compile_launch(launch, target)
     seconds = time.perf_counter() - start
     ptxas = log.getvalue()
+    if "Used" not in ptxas:
+        raise RuntimeError(f"no ptxas -v log captured for {launch.kernel.__name__} on {target}")
     registers = _last_int(r"Used (\d+) registers", ptxas)
     stores = _last_int(r"(\d+) bytes spill stores", ptxas)
     loads = _last_int(r"(\d+) bytes spill loads", ptxas)
@@ -101,12 +103,13 @@ def inspect_launch(launch: Launch, target: str) -> KernelStats:
 
 @contextlib.contextmanager
 def _ptxas_log():
-    old = knobs.nvidia.dump_ptxas_log
-    knobs.nvidia.dump_ptxas_log = True
+    # Always compile: a cache hit would skip ptxas, its log and the compile time.
+    old = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True
     try:
         yield
     finally:
-        knobs.nvidia.dump_ptxas_log = old
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = old
 
 
 def _last_int(pattern: str, text: str) -> int:

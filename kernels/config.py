@@ -37,17 +37,30 @@ class BlockConfig:
     block_items: int
     num_warps: int
     num_stages: int
+    # 0: ptxas decides. Left alone, ptxas caps some 4-warp kernels at 168
+    # registers (room for three blocks per SM) and spills a few bytes to stay
+    # there; 255 lifts the cap where the gate saw that (sm_80 top-k).
+    max_registers: int = 0
+
+    @property
+    def options(self) -> dict:
+        out = dict(num_warps=self.num_warps, num_stages=self.num_stages, **COMPILE_OPTIONS)
+        if self.max_registers:
+            out["maxnreg"] = self.max_registers
+        return out
 
     def as_triton(self) -> triton.Config:
         return triton.Config(
             {"BLOCK_B": self.block_rows, "BLOCK_N": self.block_items},
             num_warps=self.num_warps,
             num_stages=self.num_stages,
+            maxnreg=self.max_registers or None,
         )
 
     @property
     def label(self) -> str:
-        return f"{self.block_rows}x{self.block_items} w{self.num_warps} s{self.num_stages}"
+        regs = f" r{self.max_registers}" if self.max_registers else ""
+        return f"{self.block_rows}x{self.block_items} w{self.num_warps} s{self.num_stages}{regs}"
 
 
 INTERPRETER = BlockConfig(block_rows=16, block_items=32, num_warps=1, num_stages=1)
@@ -85,13 +98,13 @@ class KernelTable:
         raise ValueError(f"size {size} is above the largest served on {arch} with {operands} operands ({max(by_size)})")
 
     def candidates(self, size: int, arch: str, operands: str) -> list:
-        """What autotuning tries: the default for ``size``, then the defaults of
-        the wider sizes of the same family (they fit at their own width, so at
-        this one too): a short list that the compile gate covers."""
+        """What autotuning tries: the default for ``size`` and the next wider
+        size's default of the same family, a short list the compile gate's
+        full tier covers."""
         by_size = self.defaults[(arch, operands)]
         out = [self.default(size, arch, operands)]
-        out += [by_size[s] for s in sorted(by_size) if s >= size and by_size[s] not in out]
-        return out if self.autotune else out[:1]
+        wider = [by_size[s] for s in sorted(by_size) if s >= size and by_size[s] not in out]
+        return out + wider[:1] if self.autotune else out
 
 
 _FORCED: contextvars.ContextVar = contextvars.ContextVar("tfllmer_fast_forced_config", default=None)
@@ -119,7 +132,7 @@ class Launch:
 
     @property
     def options(self) -> dict:
-        return dict(num_warps=self.config.num_warps, num_stages=self.config.num_stages, **COMPILE_OPTIONS)
+        return self.config.options
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ TABLE = config.KernelTable(
         ("sm_90", "tf32"): {
             32: config.BlockConfig(64, 128, 4, 2),
             64: config.BlockConfig(64, 128, 8, 3),
-            128: config.BlockConfig(128, 32, 8, 2),
+            128: config.BlockConfig(64, 32, 4, 2),
             256: config.BlockConfig(64, 32, 8, 2),
         },
         ("sm_90", "tf32x3"): {

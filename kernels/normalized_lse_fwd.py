@@ -43,7 +43,7 @@ TABLE = config.KernelTable(
     defaults={
         ("sm_90", "16bit"): {
             32: config.BlockConfig(128, 128, 8, 3),
-            64: config.BlockConfig(128, 128, 4, 3),
+            64: config.BlockConfig(128, 128, 8, 3),
             128: config.BlockConfig(128, 128, 8, 3),
             256: config.BlockConfig(128, 64, 8, 3),
         },
@@ -51,7 +51,7 @@ TABLE = config.KernelTable(
             32: config.BlockConfig(128, 128, 8, 3),
             64: config.BlockConfig(128, 128, 8, 3),
             128: config.BlockConfig(128, 64, 8, 3),
-            256: config.BlockConfig(128, 32, 8, 3),
+            256: config.BlockConfig(128, 16, 8, 3),
         },
         ("sm_90", "tf32x3"): {
             32: config.BlockConfig(128, 64, 8, 3),

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from . import config
 from ._tiles import mma
+
 # Rows x items per tile, warps, stages, per architecture family, operand kind
 # and head width (``python -m tfllmer_fast.kernels.gate --search``).
 TABLE = config.KernelTable(
@@ -45,13 +46,13 @@ TABLE = config.KernelTable(
         ("sm_80", "16bit"): {
             32: config.BlockConfig(128, 128, 4, 2),
             64: config.BlockConfig(128, 64, 4, 2),
-            128: config.BlockConfig(128, 64, 4, 2),
-            256: config.BlockConfig(128, 64, 8, 2),
+            128: config.BlockConfig(128, 32, 4, 2),
+            256: config.BlockConfig(64, 64, 8, 2),
         },
         ("sm_80", "tf32"): {
             32: config.BlockConfig(128, 64, 4, 2),
-            64: config.BlockConfig(128, 64, 4, 2),
-            128: config.BlockConfig(128, 64, 8, 2),
+            64: config.BlockConfig(128, 32, 4, 2),
+            128: config.BlockConfig(64, 64, 8, 2),
             256: config.BlockConfig(64, 32, 8, 2),
         },
         ("sm_80", "tf32x3"): {

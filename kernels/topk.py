@@ -35,21 +35,22 @@ _LOWEST = tl.constexpr(LOWEST_KEY)
 # Keyed by K (a power of two): rows x items per tile, warps, stages, per
 # architecture family and operand kind, each fitting every served width
 # (``python -m tfllmer_fast.kernels.gate --search``). The running set is
-# BLOCK_B x K int64 in registers, so larger K takes fewer rows.
+# BLOCK_B x K int64 in registers, so larger K takes fewer rows. sm_80 has its
+# own entry for K <= 32, where ptxas otherwise spills to fit three blocks.
 TABLE = config.KernelTable(
     autotune=False,  # the grid depends on the config
     defaults={
         ("sm_90", "16bit"): {
-            64: config.BlockConfig(64, 64, 4, 2),
+            64: config.BlockConfig(64, 32, 4, 2, max_registers=255),
             128: config.BlockConfig(64, 32, 4, 2),
             256: config.BlockConfig(32, 64, 8, 2),
             512: config.BlockConfig(32, 64, 8, 2),
         },
         ("sm_90", "tf32"): {
             64: config.BlockConfig(64, 32, 4, 2),
-            128: config.BlockConfig(16, 64, 4, 2),
-            256: config.BlockConfig(32, 32, 4, 2),
-            512: config.BlockConfig(32, 64, 8, 2),
+            128: config.BlockConfig(32, 32, 4, 2, max_registers=255),
+            256: config.BlockConfig(32, 64, 8, 2, max_registers=255),
+            512: config.BlockConfig(16, 64, 8, 2, max_registers=255),
         },
         ("sm_90", "tf32x3"): {
             64: config.BlockConfig(64, 64, 4, 2),
@@ -58,18 +59,21 @@ TABLE = config.KernelTable(
             512: config.BlockConfig(16, 64, 8, 2),
         },
         ("sm_80", "16bit"): {
+            32: config.BlockConfig(64, 64, 4, 2, max_registers=255),
             64: config.BlockConfig(64, 64, 4, 2),
             128: config.BlockConfig(64, 64, 8, 2),
-            256: config.BlockConfig(64, 64, 8, 2),
+            256: config.BlockConfig(64, 32, 8, 2, max_registers=255),
             512: config.BlockConfig(32, 64, 8, 2),
         },
         ("sm_80", "tf32"): {
-            64: config.BlockConfig(64, 32, 4, 2),
+            32: config.BlockConfig(64, 32, 4, 2, max_registers=255),
+            64: config.BlockConfig(32, 64, 4, 2, max_registers=255),
             128: config.BlockConfig(32, 64, 4, 2),
             256: config.BlockConfig(64, 32, 8, 2),
             512: config.BlockConfig(32, 64, 8, 2),
         },
         ("sm_80", "tf32x3"): {
+            32: config.BlockConfig(64, 32, 4, 2, max_registers=255),
             64: config.BlockConfig(32, 64, 8, 2),
             128: config.BlockConfig(32, 64, 4, 2),
             256: config.BlockConfig(32, 64, 8, 2),
