@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from tfllmer_fast.models import build_model
+from tfllmer_fast.models.base import PAD
 from tfllmer_fast.reference import plain_normalized_ce
 from tfllmer_fast.timing import peak_extra_memory, synchronize
+from tfllmer_fast.train import TrainStep
 
 from .common import DATASET_STATS, GPU, NO_GPU_REASON, device_name, synthetic_interactions
 
@@ -28,21 +30,12 @@ def _step_fn(head, num_items, batch, device, amp):
     seqs = [items[indptr[u] : indptr[u + 1]].astype(np.int64) for u in range(batch)]
     inputs, targets = (t.to(device) for t in model.make_batch(seqs, np.random.default_rng(0)))
 
-    def loss():
-        if head == "fused":
-            return model.loss(inputs, targets)
-        hidden = model.encode(inputs)
-        return plain_normalized_ce(hidden, model.item_table, targets, ignore_index=0,
-                                   temperature=model.head.temperature)
+    def plain_head(hidden, targets):
+        keep = targets != PAD  # the rows the fused head_loss takes, so both do the same work
+        return plain_normalized_ce(hidden[keep], model.item_table, targets[keep], **model.head.options._asdict())
 
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            value = loss()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-
-    return step
+    step = TrainStep(model, opt, device, amp, head=None if head == "fused" else plain_head)
+    return lambda: step(inputs, targets)
 
 
 def _bench(benchmark, head, num_items, batch, device, amp, rounds):

@@ -28,6 +28,7 @@ def run_benchmark(benchmark, fn, device, *, rounds: int, flops: float | None = N
     """Time ``fn`` with pytest-benchmark (CUDA-synchronized), record ms,
     TFLOP/s and the peak extra memory in ``extra_info``."""
     dev = torch.device(device)
+    fn()  # compilation, autotuning and first-touch allocations are not the op's memory
     with peak_extra_memory(dev) as mem:
         fn()
     if mem["bytes"] is not None:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tfllmer_fast import cli
+from tfllmer_fast.config import ItemInitConfig, RunConfig
 from tfllmer_fast.data import leave_one_out
-from tfllmer_fast.pipeline import config_for, item_embeddings, run_interactions
+from tfllmer_fast.pipeline import item_embeddings, run
 from tfllmer_fast.synthetic import planted_dataset
-from tfllmer_fast.train import Trainer
+from tfllmer_fast.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def _config(**kw):
     base = dict(dim=16, max_len=10, batch_size=32, epochs=2, patience=5, eval_batch_size=64,
                 model_options={"dropout": 0.1})
     base.update(kw)
-    return config_for(**base)
+    return TrainConfig(**base)
 
 
 def test_fit_writes_metrics(small, tmp_path):
@@ -64,7 +65,8 @@ def test_rec_pca_init_beats_random_on_planted_data(small):
     data, features = small
     scores = {}
     for init in ("random", "recpca"):
-        result = run_interactions(data, _config(init=init, epochs=3), features=features)
+        config = RunConfig(items=ItemInitConfig(init=init), train=_config(epochs=3))
+        result = run(config, data=data, features=features)
         scores[init] = result["test"]["NDCG@10"]
     assert scores["recpca"] > scores["random"]
 
@@ -77,7 +79,9 @@ def test_cli_train_end_to_end(tmp_path):
     assert cli.main(["train", "--data", str(data_file), "--model", "gru4rec", "--epochs", "2", "--device", "cpu",
                      "--out", str(out), "--batch-size", "16"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["config"]["model"] == "gru4rec"
+    assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["config"]["train"]["model"] == "gru4rec"
+    saved = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert saved.data.path == str(data_file) and saved.items.beta == 0.3 and saved.train.batch_size == 16
     assert metrics["dataset"]["users"] == 80 and metrics["dataset"]["path"] == str(data_file)
 
 
@@ -114,3 +118,39 @@ def test_interrupt_before_any_epoch_propagates(small, monkeypatch):
     monkeypatch.setattr(trainer, "train_epoch", stop)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+
+
+def test_run_config_validation_names_the_setting():
+    config = RunConfig(items=ItemInitConfig(beta=0.9))
+    with pytest.raises(ValueError, match="beta must be in"):
+        config.validate()
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        TrainConfig(patience=0).validate()
+
+
+def test_train_step_is_the_trainers_step(small):
+    """The trainer, the profiler and the benchmark share TrainStep: one step of
+    it equals the plain sequence of calls."""
+    from tfllmer_fast.models import build_model
+    from tfllmer_fast.train import TrainStep
+
+    data, _ = small
+    seqs = [s for s in leave_one_out(data).train if len(s) >= 2][:16]
+    models, losses = [], []
+    for use_step in (True, False):
+        torch.manual_seed(0)
+        model = build_model("sasrec", data.num_items, dim=16, max_len=10, dropout=0.0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        inputs, targets = model.make_batch(seqs, np.random.default_rng(0))
+        if use_step:
+            loss = TrainStep(model, opt, "cpu")(inputs, targets)
+        else:
+            loss = model.head_loss(model.encode(inputs), targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        models.append(model)
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)

@@ -5,12 +5,15 @@ from .graph import RecPCAResult, pca, rec_pca
 from .head import NormalizedSoftmaxHead
 from .ops import NormalizedCEOutput, normalized_softmax_ce
 from .ops.ranking import TopK, target_rank, topk_scores
+from .options import DEFAULT_TEMPERATURE, HeadOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NormalizedSoftmaxHead",
     "NormalizedCEOutput",
+    "HeadOptions",
+    "DEFAULT_TEMPERATURE",
     "normalized_softmax_ce",
     "target_rank",
     "topk_scores",

@@ -1,28 +1,104 @@
-"""Command line: ``tfllmer-fast <command>``. Parsing and calls only."""
+"""Command line: ``tfllmer-fast <command>``. Parsing and calls only.
+
+A user error (a missing or malformed file, an option out of range, settings
+that do not match a run being resumed) prints one ``error: ...`` line and
+exits with status 2; ``--debug`` or ``TFLLMER_FAST_DEBUG=1`` shows the
+traceback instead. Option defaults and ranges come from the configuration
+dataclasses, so ``--help`` and validation cannot disagree with the library.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import torch
 
+from .config import DataConfig, ItemInitConfig, RunConfig
+from .limits import check_limit, describe_limit
+from .train import TrainConfig
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+USAGE_EXIT = 2
+# What a user can cause with files and option values; anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(USAGE_EXIT, f"error: {self.prog}: {message}\n")
+
+
+_Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _demo(args) -> int:
-    from .demo import format_head_demo, format_training_demo, head_demo, training_demo
+def _field(cls, name) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
 
-    print(format_training_demo(training_demo(epochs=args.epochs, device=args.device)))
-    print()
-    rows = head_demo(args.items, args.batch, 64, args.device, torch.float32)
-    print(format_head_demo(rows, args.items, args.batch, 64, torch.float32))
+
+def _checked_type(f: dataclasses.Field, kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        try:
+            check_limit(f, value, "value")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _option(parser, flag: str, cls, name: str, help: str, **kwargs) -> None:
+    """``flag`` for the dataclass field ``cls.name``: its default, its type and
+    its allowed range, all read from the field."""
+    f = _field(cls, name)
+    kind = type(f.default) if f.default is not None else str
+    limit = describe_limit(f)
+    if f.metadata.get("choices"):
+        kwargs.setdefault("choices", f.metadata["choices"])
+    elif limit:
+        help = f"{help} ({limit})"
+    kwargs.setdefault("type", _checked_type(f, kind) if f.metadata else kind)
+    parser.add_argument(flag, default=kwargs.pop("default", f.default), help=help, dest=name, **kwargs)
+
+
+def _int_at_least(low: int):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected int, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"value must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _existing_file(option: str, path) -> None:
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{option}: no such file: {path}")
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    print(run_demo(device=args.device, epochs=args.epochs, head_items=args.items, head_batch=args.batch))
     return 0
 
 
@@ -35,18 +111,24 @@ def _head_demo(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from .pipeline import config_for, run
+def run_config_from(args) -> RunConfig:
+    """The validated ``RunConfig`` that ``train``'s options describe."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = TrainConfig(**{k: v for k, v in vars(args).items() if k in train_fields and k != "model_options"},
+                        model_options={} if args.dropout is None else {"dropout": args.dropout})
+    return RunConfig(DataConfig(args.path, args.split, args.k_core),
+                     ItemInitConfig(args.init, args.features, args.beta, args.top_k), train).validate()
 
-    config = config_for(
-        model=args.model, init=args.init, normalize=not args.no_normalize, epochs=args.epochs, device=args.device,
-        seed=args.seed, temperature=args.temperature, patience=args.patience, batch_size=args.batch_size,
-        loss_on=args.loss_on, freeze_items=args.freeze_items, exclude_history=not args.include_history,
-        lr=args.lr, weight_decay=args.weight_decay,
-        model_options={} if args.dropout is None else {"dropout": args.dropout},
-    )
-    result = run(args.data, config, features_path=args.features, beta=args.beta, split=args.split,
-                 k_core=args.k_core, out_dir=args.out, resume=args.resume)
+
+def _train(args) -> int:
+    from .pipeline import run
+
+    config = run_config_from(args)
+    _existing_file("--data", config.data.path)
+    _existing_file("--features", config.items.features)
+    if config.items.init != "random" and config.items.features is None:
+        raise ValueError(f"--init {config.items.init} needs --features")
+    result = run(config, out_dir=args.out, resume=args.resume)
     print(json.dumps({"valid": result["valid"], "test": result["test"], "best_epoch": result["best_epoch"]}, indent=2))
     return 0
 
@@ -54,6 +136,7 @@ def _train(args) -> int:
 def _profile(args) -> int:
     from .profiling import profile_training
 
+    _existing_file("--data", args.data)
     print(profile_training(args.data, model=args.model, steps=args.steps, batch_size=args.batch_size,
                            device=args.device, trace=args.trace))
     return 0
@@ -62,65 +145,76 @@ def _profile(args) -> int:
 def _bench_report(args) -> int:
     from .bench_report import report
 
+    _existing_file("file", args.file)
     print(report(args.file))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfllmer-fast", description="Large-catalog sequential recommendation")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tfllmer-fast", description="Large-catalog sequential recommendation",
+                     formatter_class=_Formatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="train SASRec (random vs Rec-PCA init) on built-in data, then time the head")
-    demo.add_argument("--epochs", type=int, default=8)
-    demo.add_argument("--items", type=int, default=100_000, help="catalog size for the head timing")
-    demo.add_argument("--batch", type=int, default=1024, help="query rows for the head timing")
-    demo.add_argument("--device", default=_default_device())
+    demo = sub.add_parser("demo", formatter_class=_Formatter,
+                          help="train SASRec (random vs Rec-PCA init) on built-in data, then time the head")
+    demo.add_argument("--epochs", type=_int_at_least(1), default=None,
+                      help="training epochs per run (default: the demo's own, enough to converge)")
+    demo.add_argument("--items", type=_int_at_least(1), default=50_000, help="catalog size for the head timing")
+    demo.add_argument("--batch", type=_int_at_least(1), default=1024, help="query rows for the head timing")
+    demo.add_argument("--device", default=_default_device(), help="torch device")
     demo.set_defaults(func=_demo)
 
-    head = sub.add_parser("head-demo", help="fused vs plain torch head on one synthetic batch")
-    head.add_argument("--items", type=int, default=100_000, help="catalog size N")
-    head.add_argument("--batch", type=int, default=1024, help="query rows B")
-    head.add_argument("--dim", type=int, default=64)
-    head.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
-    head.add_argument("--device", default=_default_device())
+    head = sub.add_parser("head-demo", formatter_class=_Formatter, help="fused vs plain torch head on one batch")
+    head.add_argument("--items", type=_int_at_least(1), default=100_000, help="catalog size N")
+    head.add_argument("--batch", type=_int_at_least(1), default=1024, help="query rows B")
+    head.add_argument("--dim", type=_int_at_least(1), default=64, help="embedding width d")
+    head.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="input dtype")
+    head.add_argument("--device", default=_default_device(), help="torch device")
     head.set_defaults(func=_head_demo)
 
-    train = sub.add_parser("train", help="train and evaluate a model; writes OUT/metrics.json")
-    train.add_argument("--data", required=True, help="S3-Rec .txt or RecBole .inter file")
-    train.add_argument("--model", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
-    train.add_argument("--init", choices=["random", "pca", "recpca"], default="random")
-    train.add_argument("--features", help=".npy/.pt matrix or item2attributes.json")
-    train.add_argument("--beta", type=float, default=0.3)
-    train.add_argument("--no-normalize", action="store_true", help="plain dot-product head (the 'w/o norm' ablation)")
-    train.add_argument("--split", choices=["loo", "time"], default="loo")
-    train.add_argument("--k-core", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--patience", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--temperature", type=float, default=1.0)
+    train = sub.add_parser("train", formatter_class=_Formatter,
+                           help="train and evaluate a model; writes OUT/metrics.json")
+    _option(train, "--data", DataConfig, "path", "S3-Rec .txt or RecBole .inter file", required=True)
+    _option(train, "--split", DataConfig, "split", "leave-one-out or chronological split")
+    _option(train, "--k-core", DataConfig, "k_core", "keep users and items with at least k interactions (0: all)")
+    _option(train, "--init", ItemInitConfig, "init", "item table initialization")
+    _option(train, "--features", ItemInitConfig, "features", ".npy/.pt matrix or item2attributes.json")
+    _option(train, "--beta", ItemInitConfig, "beta", "Rec-PCA graph filter strength")
+    _option(train, "--top-k", ItemInitConfig, "top_k", "neighbours per item in the co-occurrence graph")
+    _option(train, "--model", TrainConfig, "model", "sequential backbone")
+    _option(train, "--epochs", TrainConfig, "epochs", "most epochs")
+    _option(train, "--patience", TrainConfig, "patience", "stop after this many epochs without a better valid NDCG@10")
+    _option(train, "--batch-size", TrainConfig, "batch_size", "training sequences per step")
+    _option(train, "--lr", TrainConfig, "lr", "Adam learning rate")
+    _option(train, "--weight-decay", TrainConfig, "weight_decay", "Adam weight decay")
+    _option(train, "--temperature", TrainConfig, "temperature", "logit temperature")
+    _option(train, "--loss-on", TrainConfig, "loss_on", "positions that take the loss")
+    _option(train, "--seed", TrainConfig, "seed", "random seed")
+    _option(train, "--impl", TrainConfig, "impl", "head implementation")
     train.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
-    train.add_argument("--loss-on", choices=["all", "last"], default="all")
-    train.add_argument("--freeze-items", action="store_true")
-    train.add_argument("--include-history", action="store_true", help="do not exclude the user's earlier items")
-    train.add_argument("--device", default=_default_device())
-    train.add_argument("--out", default="runs/latest")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--no-normalize", dest="normalize", action="store_false",
+                       help="plain dot-product head (the 'w/o norm' ablation)")
+    train.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
+    train.add_argument("--include-history", dest="exclude_history", action="store_false",
+                       help="do not exclude the user's earlier items when ranking")
+    train.add_argument("--device", default=_default_device(), help="torch device")
+    train.add_argument("--out", default="runs/latest", help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
     train.set_defaults(func=_train)
 
-    prof = sub.add_parser("profile", help="time the phases of a few training steps")
-    prof.add_argument("--data", required=True)
-    prof.add_argument("--model", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
-    prof.add_argument("--steps", type=int, default=10)
-    prof.add_argument("--batch-size", type=int, default=256)
-    prof.add_argument("--device", default=_default_device())
+    prof = sub.add_parser("profile", formatter_class=_Formatter, help="time the phases of a few training steps")
+    prof.add_argument("--data", required=True, help="S3-Rec .txt or RecBole .inter file")
+    _option(prof, "--model", TrainConfig, "model", "sequential backbone")
+    prof.add_argument("--steps", type=_int_at_least(1), default=10, help="timed steps")
+    _option(prof, "--batch-size", TrainConfig, "batch_size", "training sequences per step")
+    prof.add_argument("--device", default=_default_device(), help="torch device")
     prof.add_argument("--trace", help="write a Chrome trace (torch.profiler) to this file")
     prof.set_defaults(func=_profile)
 
-    rep = sub.add_parser("bench-report", help="markdown tables from a pytest-benchmark JSON file")
-    rep.add_argument("file")
+    rep = sub.add_parser("bench-report", formatter_class=_Formatter,
+                         help="markdown tables from a pytest-benchmark JSON file")
+    rep.add_argument("file", help="pytest-benchmark --benchmark-json output")
     rep.set_defaults(func=_bench_report)
     return parser
 
@@ -128,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug or os.environ.get("TFLLMER_FAST_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
 
 
 if __name__ == "__main__":

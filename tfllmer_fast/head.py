@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops.normalized_ce import normalized_softmax_ce
+from .options import DEFAULT_TEMPERATURE, HeadOptions
 from .reference.normalized_ce import normalized_logits
 
 
@@ -27,7 +28,7 @@ class NormalizedSoftmaxHead(nn.Module):
         num_items: int,
         dim: int,
         *,
-        temperature: float = 1.0,
+        temperature: float = DEFAULT_TEMPERATURE,
         normalize_items: bool = True,
         normalize_hidden: bool = False,
         padding_idx: int | None = None,
@@ -42,9 +43,7 @@ class NormalizedSoftmaxHead(nn.Module):
             raise ValueError(f"padding_idx must lie in [0, {num_items}), got {padding_idx}")
         self.num_items = num_items
         self.dim = dim
-        self.temperature = temperature
-        self.normalize_items = normalize_items
-        self.normalize_hidden = normalize_hidden
+        self.options = HeadOptions.make(temperature, normalize_items, normalize_hidden)
         self.padding_idx = padding_idx
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(num_items, dim, device=device, dtype=dtype))
@@ -77,9 +76,7 @@ class NormalizedSoftmaxHead(nn.Module):
             hidden,
             self.weight,
             targets,
-            temperature=self.temperature,
-            normalize_items=self.normalize_items,
-            normalize_hidden=self.normalize_hidden,
+            **self.options._asdict(),
             ignore_index=-100 if self.padding_idx is None else self.padding_idx,
             reduction=reduction,
             label_smoothing=label_smoothing,
@@ -90,17 +87,20 @@ class NormalizedSoftmaxHead(nn.Module):
 
     def scores(self, hidden: Tensor) -> Tensor:
         """Dense logits (..., num_items), for small catalogs and debugging."""
-        return normalized_logits(
-            hidden,
-            self.weight,
-            temperature=self.temperature,
-            normalize_items=self.normalize_items,
-            normalize_hidden=self.normalize_hidden,
-        )
+        return normalized_logits(hidden, self.weight, **self.options._asdict())
+
+    @property
+    def temperature(self) -> float:
+        return self.options.temperature
+
+    @property
+    def normalize_items(self) -> bool:
+        return self.options.normalize_items
+
+    @property
+    def normalize_hidden(self) -> bool:
+        return self.options.normalize_hidden
 
     def extra_repr(self) -> str:
-        return (
-            f"num_items={self.num_items}, dim={self.dim}, temperature={self.temperature}, "
-            f"normalize_items={self.normalize_items}, normalize_hidden={self.normalize_hidden}, "
-            f"padding_idx={self.padding_idx}"
-        )
+        fields = ", ".join(f"{k}={v}" for k, v in self.options._asdict().items())
+        return f"num_items={self.num_items}, dim={self.dim}, {fields}, padding_idx={self.padding_idx}"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import data as data_mod
+from .config import RunConfig, load_saved
 from .features import attribute_matrix, load_matrix
 from .graph import cooccurrence, pca, rec_pca
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 log = logging.getLogger(__name__)
 INITS = ("random", "pca", "recpca")
@@ -46,37 +46,46 @@ def item_embeddings(init: str, split, features, dim: int, *, beta: float = 0.3, 
     return np.concatenate([np.zeros((1, dim), dtype=np.float32), emb])
 
 
-def run(data_path, config: TrainConfig, *, features_path=None, beta: float = 0.3, split: str = "loo",
-        k_core: int = 0, out_dir=None, resume: bool = False) -> dict:
-    """Train and evaluate on an interaction file; writes ``out_dir/metrics.json``."""
-    data = data_mod.read_interactions(data_path)
-    if k_core > 1:
-        data = data_mod.k_core(data, k_core)
-    features = load_features(features_path, data.num_items, data.item_ids) if features_path else None
-    info = {"dataset": {"path": str(data_path), "k_core": k_core},
-            "features": None if features_path is None else str(features_path)}
-    return run_interactions(data, config, features=features, beta=beta, split=split, out_dir=out_dir,
-                            resume=resume, info=info)
-
-
-def run_interactions(data, config: TrainConfig, *, features=None, beta: float = 0.3, split: str = "loo",
-                     out_dir=None, resume: bool = False, info: dict | None = None) -> dict:
-    """Split, initialize the items, train and evaluate; ``info`` is recorded with the results."""
+def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bool = False) -> dict:
+    """Train and evaluate as ``config`` says; returns the metrics (also written
+    to ``out_dir/metrics.json``). ``data`` (``Interactions``) and ``features``
+    (an (N + 1, D) array) replace reading ``config.data.path`` and
+    ``config.items.features``. With ``resume`` the run continues from
+    ``out_dir/checkpoint.pt`` and must have the settings saved there (epochs,
+    patience and device may change)."""
+    config.validate()
+    if resume:
+        _check_resume(config, out_dir)
+    if data is None:
+        data = data_mod.read_interactions(config.data.path)
+    if config.data.k_core > 1:
+        data = data_mod.k_core(data, config.data.k_core)
+    if features is None and config.items.features:
+        features = load_features(config.items.features, data.num_items, data.item_ids)
     stats = data.stats()
     log.info("dataset: %s", stats)
-    sp = data_mod.split(data, split)
-    init = item_embeddings(config.init, sp, features, config.dim, beta=beta)
-    trainer = Trainer(sp, config, item_init=init, out_dir=out_dir)
+    sp = data_mod.split(data, config.data.split)
+    init = item_embeddings(config.items.init, sp, features, config.train.dim, beta=config.items.beta,
+                           top_k=config.items.top_k)
+    if out_dir:
+        config.save(out_dir)
+    trainer = Trainer(sp, config.train, item_init=init, out_dir=out_dir)
     if resume:
-        ckpt = Path(out_dir) / "checkpoint.pt"
-        if not ckpt.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        trainer.load_checkpoint(ckpt)
-    info = dict(info or {})
-    info["dataset"] = {**stats, **info.get("dataset", {})}
-    info["beta"] = beta if config.init == "recpca" else None
+        trainer.load_checkpoint(Path(out_dir) / "checkpoint.pt")
+    info = {"dataset": {**stats, "path": config.data.path, "k_core": config.data.k_core},
+            "features": config.items.features, "beta": config.items.beta if config.items.init == "recpca" else None,
+            "config": config.to_dict()}
     return trainer.fit(info)
 
 
-def config_for(**overrides) -> TrainConfig:
-    return replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+def _check_resume(config: RunConfig, out_dir) -> None:
+    ckpt = Path(out_dir or ".") / "checkpoint.pt"
+    if not out_dir or not ckpt.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+    saved = load_saved(out_dir)
+    if saved is None:
+        raise ValueError(f"--resume: {out_dir} has a checkpoint but no config.json to check the settings against")
+    changed = config.differences(saved)
+    if changed:
+        raise ValueError(f"--resume: settings differ from the run saved in {out_dir} ({'; '.join(changed)}); "
+                         "resume with the same settings or train into a new --out")

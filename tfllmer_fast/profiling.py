@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 
@@ -11,8 +12,9 @@ import torch
 from .data import read_interactions, split
 from .models import build_model
 from .timing import synchronize
+from .train import TrainStep
 
-PHASES = ("data", "backbone forward", "head forward", "backward", "optimizer")
+PHASES = ("data",) + TrainStep.PHASES
 
 
 def profile_training(data_path, *, model: str = "sasrec", steps: int = 10, batch_size: int = 256,
@@ -25,27 +27,23 @@ def profile_training(data_path, *, model: str = "sasrec", steps: int = 10, batch
     rng = np.random.default_rng(0)
     seqs = [s for s in sp.train if len(s) >= 2]
     dev = torch.device(device)
-    amp = dev.type == "cuda"
+    train_step = TrainStep(net, opt, device)
     totals = defaultdict(float)
 
-    def timed(name, fn):
+    @contextlib.contextmanager
+    def timed(name):
         synchronize(dev)
         tic = time.perf_counter()
         with torch.profiler.record_function(name):
-            out = fn()
+            yield
         synchronize(dev)
         totals[name] += time.perf_counter() - tic
-        return out
 
     def step():
         batch = [seqs[i] for i in rng.integers(0, len(seqs), batch_size)]
-        inputs, targets = timed("data", lambda: [t.to(device) for t in net.make_batch(batch, rng)])
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            hidden = timed("backbone forward", lambda: net.encode(inputs))
-            loss = timed("head forward", lambda: net.head_loss(hidden, targets))
-        opt.zero_grad(set_to_none=True)
-        timed("backward", loss.backward)
-        timed("optimizer", opt.step)
+        with timed("data"):
+            inputs, targets = (t.to(device) for t in net.make_batch(batch, rng))
+        train_step(inputs, targets, phase=timed)
 
     step()  # warm-up (kernel compilation, allocator)
     totals.clear()

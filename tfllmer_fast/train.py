@@ -3,6 +3,7 @@ exact resume, the best model restored for the test evaluation."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -15,9 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import EvalSet, Split
+from .limits import bounded, validate_fields
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .ops.ranking import target_rank
+from .options import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +31,29 @@ class TrainConfig:
     256 (S3-Rec / RecBole settings); Adam lr 1e-3; up to 100 epochs with
     patience 10 on validation NDCG@10."""
 
-    model: str = "sasrec"
-    dim: int = 64
-    max_len: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 100
-    patience: int = 10
-    loss_on: str = "all"
+    model: str = bounded("sasrec", choices=("sasrec", "gru4rec", "bert4rec"))
+    dim: int = bounded(64, 1)
+    max_len: int = bounded(50, 2)
+    batch_size: int = bounded(256, 1)
+    lr: float = bounded(1e-3, 0.0)
+    weight_decay: float = bounded(0.0, 0.0)
+    epochs: int = bounded(100, 1)
+    patience: int = bounded(10, 1)
+    loss_on: str = bounded("all", choices=("all", "last"))
     normalize: bool = True
-    temperature: float = 1.0
-    init: str = "random"
+    temperature: float = bounded(DEFAULT_TEMPERATURE, 1e-6)
     freeze_items: bool = False
     seed: int = 42
     device: str = "cpu"
     amp: bool | None = None  # None: bf16 autocast on CUDA only
-    eval_batch_size: int = 2048
+    eval_batch_size: int = bounded(2048, 1)
     exclude_history: bool = True
-    impl: str = "auto"
+    impl: str = bounded("auto", choices=("auto", "triton", "torch"))
     model_options: dict = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        validate_fields(self)
+        return self
 
 
 class _Evaluator:
@@ -70,21 +76,56 @@ class _Evaluator:
         step = self.config.eval_batch_size
         for start in range(0, len(targets), step):
             stop = min(start + step, len(targets))
-            with _autocast(self.config):
+            with autocast(self.config.device, self.config.amp):
                 hidden = model.predict_hidden(hist[start:stop], device)
             sub = (indptr[start : stop + 1] - indptr[start], items[indptr[start] : indptr[stop]])
             ranks.append(target_rank(
                 hidden.float(), model.item_table.float(), torch.as_tensor(targets[start:stop], device=device),
-                exclude=sub, normalize_items=model.head.normalize_items, temperature=model.head.temperature,
+                exclude=sub, **model.head.options._asdict(),
             ))
         out = metrics_from_ranks(torch.cat(ranks))
         out["exclude_history"] = self.config.exclude_history
         return out
 
 
-def _autocast(config: TrainConfig):
-    use = config.amp if config.amp is not None else config.device.startswith("cuda")
-    return torch.autocast("cuda" if config.device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use)
+def autocast(device, amp: bool | None = None):
+    """The library's one mixed-precision rule: bf16 autocast on CUDA, none on
+    CPU, unless ``amp`` says otherwise."""
+    device_type = torch.device(device).type
+    use = amp if amp is not None else device_type == "cuda"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=use)
+
+
+def _no_phase(name: str):
+    return contextlib.nullcontext()
+
+
+class TrainStep:
+    """One optimizer step, shared by the trainer, the profiler and the
+    training-step benchmark: backbone forward, head loss (under ``autocast``),
+    backward, optimizer step. ``head(hidden, targets) -> loss`` defaults to the
+    model's own ``head_loss``; ``phase(name)`` wraps each phase (the profiler
+    times them)."""
+
+    PHASES = ("backbone forward", "head forward", "backward", "optimizer")
+
+    def __init__(self, model, optimizer, device, amp: bool | None = None, head=None):
+        self.model, self.optimizer = model, optimizer
+        self.device, self.amp = device, amp
+        self.head = head or model.head_loss
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, phase=_no_phase) -> torch.Tensor:
+        with autocast(self.device, self.amp):
+            with phase("backbone forward"):
+                hidden = self.model.encode(inputs)
+            with phase("head forward"):
+                loss = self.head(hidden, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            self.optimizer.step()
+        return loss.detach()
 
 
 def _rng_state():
@@ -101,8 +142,7 @@ class Trainer:
     """Owns model, optimizer and the per-epoch state; ``fit`` runs to early stop."""
 
     def __init__(self, split: Split, config: TrainConfig, *, item_init=None, out_dir=None):
-        if config.epochs < 1 or config.patience < 1:
-            raise ValueError(f"epochs and patience must be >= 1, got {config.epochs} and {config.patience}")
+        config.validate()
         self.split = split
         self.config = config
         self.out_dir = Path(out_dir) if out_dir else None
@@ -115,6 +155,7 @@ class Trainer:
             self.model.init_items(item_init, freeze=config.freeze_items)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.step = TrainStep(self.model, self.optimizer, config.device, config.amp)
         self.train_sequences = [s for s in split.train if len(s) >= 2]
         self.valid = _Evaluator(split.valid, config)
         self.test = _Evaluator(split.test, config)
@@ -133,11 +174,7 @@ class Trainer:
             seqs = [self.train_sequences[i] for i in order[start : start + cfg.batch_size]]
             inputs, targets = self.model.make_batch(seqs, rng)
             tic = time.perf_counter()
-            with _autocast(cfg):
-                loss = self.model.loss(inputs.to(cfg.device), targets.to(cfg.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss = self.step(inputs.to(cfg.device), targets.to(cfg.device))
             losses.append(loss.item())
             step_times.append(time.perf_counter() - tic)
         return {"loss": float(np.mean(losses)), "step_ms": 1e3 * float(np.median(step_times))}
@@ -210,7 +247,6 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
             "best": self.best, "history": self.history, "rng": _rng_state(),
         }, self.out_dir / "checkpoint.pt")
-        (self.out_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
 
     def load_checkpoint(self, path) -> None:
         state = torch.load(path, map_location=self.config.device, weights_only=False)

@@ -55,14 +55,14 @@ def test_matches_fp64_reference(options, dtype, device):
     _assert_within_budget(hidden, items, targets, **options)
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
 @pytest.mark.parametrize("B,N,D", [(17, 33, 16), (16, 32, 8), (37, 65, 40), (5, 300, 64)])
 def test_odd_sizes(B, N, D, impl, device):
     hidden, items, targets = make_inputs(B, N, D, torch.float32, device)
     _assert_within_budget(hidden, items, targets, impl=impl)
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
 def test_single_item(impl, device):
     """One item: p = 1, so loss and gradients are exactly 0. A relative error
     means nothing there; fp32 "highest" runs 3-pass TF32 on the GPU (and its
@@ -72,6 +72,48 @@ def test_single_item(impl, device):
     loss, _, dh, de = _run(impl, hidden, items, targets)
     for name, value in (("loss", loss), ("dH", dh), ("dE", de)):
         assert value.abs().max() <= 1e-6, f"{name}: {value.abs().max():.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("options", [o for o in OPTION_SETS.values() if o.get("reduction") != "none"],
+                         ids=[k for k, o in OPTION_SETS.items() if o.get("reduction") != "none"])
+def test_chunked_matches_fp64_reference(options, dtype, device):
+    """The CPU path: gradients finished in the forward, 16-row chunks so 37 rows
+    cross chunk boundaries, ignored rows, weights."""
+    hidden, items, targets = make_inputs(37, 301, 24, dtype, device, ignore_rows=(3, 20))
+    weight = torch.rand(37, device=device)
+    _assert_within_budget(hidden, items, targets, impl="chunked", chunk_size=16, weight=weight, **options)
+
+
+def _graph_ops(tensor) -> set[str]:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and type(fn).__name__ not in seen:
+            seen.add(type(fn).__name__)
+            stack.extend(f for f, _ in fn.next_functions)
+    return seen
+
+
+def test_auto_on_cpu_takes_the_chunked_path_for_reduced_losses():
+    hidden, items, targets = make_inputs(8, 50, 16, torch.float32, "cpu")
+    h = hidden.requires_grad_()
+    reduced = " ".join(_graph_ops(tf.normalized_softmax_ce(h, items, targets)))
+    per_row = " ".join(_graph_ops(tf.normalized_softmax_ce(h, items, targets, reduction="none")))
+    assert "normalized_ce_chunked" in reduced and "normalized_ce_chunked" not in per_row
+
+
+def test_chunked_refuses_gradients_through_lse_or_rows():
+    """It finished the reduced loss's gradient in the forward: a gradient
+    through the lse or the per-row losses would be silently dropped, so it raises."""
+    hidden, items, targets = make_inputs(8, 50, 16, torch.float32, "cpu")
+    h = hidden.requires_grad_()
+    out = tf.normalized_softmax_ce(h, items, targets, impl="chunked", return_lse=True)
+    with pytest.raises(RuntimeError, match="impl='chunked' finishes the gradient in the forward"):
+        (out.loss + out.lse.sum()).backward()
+    rows = tf.normalized_softmax_ce(h, items, targets, impl="chunked", reduction="none")
+    with pytest.raises(RuntimeError, match="impl='chunked' finishes the gradient in the forward"):
+        rows.sum().backward()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -96,11 +138,12 @@ def test_weights(dtype, device):
         _assert_within_budget(hidden, items, targets, weight=weight, reduction=reduction)
 
 
+@pytest.mark.parametrize("impl", ["triton", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_zero_norm_item_rows_take_eps_path(dtype, device):
+def test_zero_norm_item_rows_take_eps_path(dtype, impl, device):
     hidden, items, targets = make_inputs(37, 100, 16, dtype, device, zero_items=(0, 50))
     targets[:3] = 0  # the padding row as a target too
-    got = _run("triton", hidden, items, targets)
+    got = _run(impl, hidden, items, targets)
     ref = oracle(hidden, items, targets)
     for g in got:
         assert not torch.isnan(g).any()
@@ -269,13 +312,17 @@ def test_int64_offsets_beyond_2_31_elements():
     assert (ranks - ref_ranks).abs().max() <= 1
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_empty_batch_like_torch(impl, device):
+@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_empty_batch_like_torch(impl, reduction, device):
+    """No rows: the loss is NaN (mean) or 0 (sum) as F.cross_entropy gives, and
+    both inputs get zero gradients, not None."""
     hidden = torch.randn(0, 16, device=device, requires_grad=True)
     items = torch.randn(40, 16, device=device, requires_grad=True)
     targets = torch.zeros(0, dtype=torch.long, device=device)
-    assert torch.isnan(tf.normalized_softmax_ce(hidden, items, targets, impl=impl))
-    total = tf.normalized_softmax_ce(hidden, items, targets, impl=impl, reduction="sum")
-    total.backward()
-    assert total == 0 and hidden.grad.shape == (0, 16)
+    loss = tf.normalized_softmax_ce(hidden, items, targets, impl=impl, reduction=reduction)
+    assert torch.isnan(loss) if reduction == "mean" else loss == 0
+    loss.backward()
+    assert hidden.grad.shape == (0, 16)
+    assert items.grad is not None and (items.grad == 0).all()
     assert tf.normalized_softmax_ce(hidden, items, targets, impl=impl, reduction="none").shape == (0,)

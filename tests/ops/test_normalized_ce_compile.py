@@ -7,6 +7,7 @@ import torch
 
 import tfllmer_fast as tf
 from tests.ops.normalized_ce_cases import make_inputs, rel_err
+from tfllmer_fast.options import HeadOptions, LossOptions
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -39,10 +40,10 @@ def test_fake_tensor_shapes():
         e = torch.empty(50, 16)
         t = torch.zeros(12, dtype=torch.long)
         rows, lse, o = torch.ops.tfllmer_fast.normalized_ce_fwd(
-            h, e, t, 1.0, True, False, 1e-12, -100, 0.0, torch.float32, True, False
+            h, e, t, *HeadOptions(), *LossOptions(), torch.float32, True, False
         )
         grad_e = torch.ops.tfllmer_fast.normalized_ce_item_grad(
-            h, e, t, lse, rows, rows, 1.0, True, False, 1e-12, 0.0, torch.float32
+            h, e, t, lse, rows, rows, *HeadOptions(), *LossOptions(), torch.float32
         )
     assert rows.shape == (12,) and lse.shape == (12,) and o.shape == (12, 16)
     assert grad_e.shape == (50, 16)
@@ -52,6 +53,44 @@ def test_opcheck():
     hidden, items, targets = make_inputs(8, 40, 16, torch.float32, "cpu")
     torch.library.opcheck(
         torch.ops.tfllmer_fast.normalized_ce_fwd.default,
-        (hidden, items, targets, 1.0, True, False, 1e-12, -100, 0.0, torch.float32, True, False),
+        (hidden, items, targets, *HeadOptions(), *LossOptions(), torch.float32, True, False),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_op_schemas_follow_the_options():
+    """The ops' option arguments are HeadOptions' and LossOptions' fields, in order."""
+    head, loss = list(HeadOptions._fields), list(LossOptions._fields)
+    for name, start, fields in (("normalized_ce_fwd", 3, head + loss), ("normalized_ce_item_grad", 6, head + loss),
+                                ("normalized_ce_chunked", 4, head + loss), ("target_rank", 5, head), ("topk", 6, head)):
+        args = [a.name for a in getattr(torch.ops.tfllmer_fast, name).default._schema.arguments]
+        assert args[start : start + len(fields)] == fields, name
+
+
+def test_compile_fullgraph_chunked(device):
+    """The CPU path (gradients finished in the forward) under torch.compile."""
+    torch._dynamo.reset()
+    hidden, items, targets = make_inputs(24, 70, 16, torch.float32, device, ignore_rows=(0, 5))
+
+    def step(h, e, t):
+        return tf.normalized_softmax_ce(h, e, t, impl="chunked", temperature=0.5, label_smoothing=0.1, chunk_size=8)
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        h = hidden.clone().requires_grad_()
+        e = items.clone().requires_grad_()
+        loss = fn(h, e, targets)
+        loss.backward()
+        results.append((loss.detach(), h.grad, e.grad))
+    for eager, compiled in zip(*results):
+        assert rel_err(compiled, eager) < 1e-5
+
+
+def test_opcheck_chunked():
+    hidden, items, targets = make_inputs(8, 40, 16, torch.float32, "cpu")
+    coef = torch.full((8,), 1 / 8)
+    torch.library.opcheck(
+        torch.ops.tfllmer_fast.normalized_ce_chunked.default,
+        (hidden, items, targets, coef, *HeadOptions(), *LossOptions(), 4, True, True),
         test_utils=("test_schema", "test_faketensor"),
     )

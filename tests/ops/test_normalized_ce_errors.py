@@ -71,7 +71,7 @@ def test_bad_arguments(inputs, mutate, error, message):
     [
         ({"reduction": "avg"}, "reduction must be one of"),
         ({"label_smoothing": 1.5}, "label_smoothing must lie in"),
-        ({"temperature": 0.0}, "temperature must be positive"),
+        ({"temperature": 0.0}, "temperature must be a positive"),
         ({"eps": 0.0}, "eps must be positive"),
         ({"impl": "cuda"}, "impl must be one of"),
         ({"weight": torch.ones(3)}, r"weight has shape \(3,\), expected \(8,\)"),

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..head import NormalizedSoftmaxHead
+from ..options import DEFAULT_TEMPERATURE
 
 PAD = 0
 
@@ -34,7 +35,7 @@ class SequentialRecommender(nn.Module):
     """
 
     def __init__(self, num_items: int, dim: int, max_len: int, *, normalize: bool = True,
-                 temperature: float = 0.05, loss_on: str = "all", impl: str = "auto"):
+                 temperature: float = DEFAULT_TEMPERATURE, loss_on: str = "all", impl: str = "auto"):
         super().__init__()
         if loss_on not in ("all", "last"):
             raise ValueError(f"loss_on must be 'all' or 'last', got {loss_on!r}")

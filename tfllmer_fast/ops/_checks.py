@@ -6,8 +6,10 @@ import os
 
 import torch
 
+from ._kernels import kernels
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-IMPLS = ("auto", "triton", "torch")
+IMPLS = ("auto", "triton", "chunked", "torch")
 
 
 def check_float_tensor(name: str, x, ndim_min: int = 1, dtypes=FLOAT_DTYPES + (torch.float64,)) -> None:
@@ -50,15 +52,15 @@ def compute_dtype(hidden: torch.Tensor, item_emb: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int) -> str:
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int, fallback: str = "torch") -> str:
     """Pick the implementation: 'auto' means Triton on CUDA (for widths the
-    kernels serve), torch otherwise. An explicit choice that cannot run raises
-    and says why."""
+    kernels serve), ``fallback`` otherwise. An explicit choice that cannot run
+    raises and says why."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         use = device.type == "cuda" and dtype in FLOAT_DTYPES and _kernels_serve(dim, device, dtype)
-        return "triton" if use else "torch"
+        return "triton" if use else fallback
     if impl == "triton":
         if dtype in FLOAT_DTYPES and not _kernels_serve(dim, device, dtype):
             raise ValueError(
@@ -102,6 +104,4 @@ def raise_on_non_finite(name: str, x: torch.Tensor) -> None:
 
 
 def _kernels_serve(dim: int, device: torch.device, dtype: torch.dtype) -> bool:
-    from tfllmer_fast import kernels
-
-    return kernels.serves_width(dim, device, dtype)
+    return kernels().serves_width(dim, device, dtype)

@@ -12,11 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..options import DEFAULT_TEMPERATURE, HeadOptions, LossOptions
 from ..reference.normalized_ce import normalized_ce_rows
-from . import (
-    _checks,
-    normalized_ce_triton,  # noqa: F401  (registers the custom ops)
-)
+from . import _checks, normalized_ce_chunked, normalized_ce_triton
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -33,7 +31,7 @@ def normalized_softmax_ce(
     item_emb: Tensor,
     targets: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     normalize_items: bool = True,
     normalize_hidden: bool = False,
     eps: float = 1e-12,
@@ -100,41 +98,70 @@ def normalized_softmax_ce(
     _checks.check_same_device(hidden=hidden, item_emb=item_emb, targets=targets, weight=weight)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
+    loss_opts = LossOptions.make(ignore_index, label_smoothing)
     if item_emb.shape[0] == 0:
         raise ValueError("item_emb has no rows")
 
     dtype = _checks.compute_dtype(hidden, item_emb)
-    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    # Gradients in the forward serve a reduced loss; per-row losses and the lse,
+    # which may carry gradients of their own, take the reference.
+    fallback = "chunked" if reduction != "none" and not return_lse else "torch"
+    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1], fallback)
     h2 = hidden.reshape(-1, hidden.shape[-1])
     t1 = targets.reshape(-1).long()
-    options = dict(
-        temperature=float(temperature), normalize_items=bool(normalize_items),
-        normalize_hidden=bool(normalize_hidden), eps=float(eps), ignore_index=int(ignore_index),
-        label_smoothing=float(label_smoothing),
-    )
+    if impl == "chunked":
+        return _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size,
+                        targets.shape)
     if impl == "triton":
         compute_o = hidden.requires_grad and torch.is_grad_enabled()
-        rows, lse, _ = torch.ops.tfllmer_fast.normalized_ce_fwd(
-            h2, item_emb, t1, *options.values(), dtype, compute_o, bool(check_inputs)
+        rows, lse, _ = normalized_ce_triton.normalized_ce_fwd(
+            h2, item_emb, t1, *head, *loss_opts, dtype, compute_o, bool(check_inputs)
         )
     else:
-        rows, lse = _torch_rows(h2, item_emb, t1, options, check_inputs, chunk_size)
+        rows, lse = _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size)
 
-    loss = _reduce(rows, t1, weight, ignore_index, reduction, targets.shape)
+    loss = _reduce(rows, t1, weight, loss_opts.ignore_index, reduction, targets.shape)
     if return_lse:
         return NormalizedCEOutput(loss, lse.reshape(targets.shape))
     return loss
 
 
-def _torch_rows(h2, item_emb, t1, options, check_inputs, chunk_size):
+def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size, shape):
     N = item_emb.shape[0]
-    ignore_index = options["ignore_index"]
+    if not torch.compiler.is_compiling():
+        if check_inputs or h2.device.type == "cpu":
+            _checks.raise_on_invalid_targets(t1, N, loss_opts.ignore_index)
+        if check_inputs:
+            _checks.raise_on_non_finite("hidden", h2)
+            _checks.raise_on_non_finite("item_emb", item_emb)
+    valid = t1 != loss_opts.ignore_index
+    bad = _checks.invalid_targets(t1, N, loss_opts.ignore_index)
+    work = torch.float64 if h2.dtype == torch.float64 else torch.float32
+    coef = valid.to(work) if weight is None else valid * weight.reshape(-1).to(work)
+    denom = coef.sum()
+    if reduction == "mean":
+        coef = coef / denom
+    # A row with an out-of-range target makes the loss NaN (CUDA, unchecked), as the other paths do.
+    coef = torch.where(bad, float("nan"), coef)
+    grad = torch.is_grad_enabled() and reduction != "none"
+    loss, rows, lse, _, _ = normalized_ce_chunked.normalized_ce_chunked(
+        h2, item_emb, torch.where(valid & ~bad, t1, 0), coef, *head, *loss_opts,
+        chunk_size or normalized_ce_chunked.chunk_rows(N), grad and h2.requires_grad,
+        grad and item_emb.requires_grad,
+    )
+    if reduction == "mean":
+        # A mean over no rows is NaN, as in torch, with zero gradients.
+        loss = torch.where(denom != 0, loss, float("nan"))
+    if reduction == "none":
+        rows = torch.where(valid, rows, 0.0)
+        loss = torch.where(bad, float("nan"), rows if weight is None else rows * weight.reshape(-1)).reshape(shape)
+    return NormalizedCEOutput(loss, lse.reshape(shape)) if return_lse else loss
+
+
+def _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size):
+    N = item_emb.shape[0]
+    ignore_index = loss_opts.ignore_index
     if not torch.compiler.is_compiling():
         if check_inputs or h2.device.type == "cpu":
             _checks.raise_on_invalid_targets(t1, N, ignore_index)
@@ -143,7 +170,7 @@ def _torch_rows(h2, item_emb, t1, options, check_inputs, chunk_size):
             _checks.raise_on_non_finite("item_emb", item_emb)
     bad = _checks.invalid_targets(t1, N, ignore_index)
     rows, lse = normalized_ce_rows(
-        h2, item_emb, torch.where(bad, 0, t1), **options, chunk_size=chunk_size
+        h2, item_emb, torch.where(bad, 0, t1), **head._asdict(), **loss_opts._asdict(), chunk_size=chunk_size
     )
     return torch.where(bad, float("nan"), rows), lse
 

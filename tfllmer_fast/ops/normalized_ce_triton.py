@@ -1,6 +1,7 @@
 """The fused (Triton) path of ``normalized_softmax_ce`` as torch.library custom ops.
 
-``tfllmer_fast::normalized_ce_fwd`` returns per-row losses, the log-sum-exp and
+``tfllmer_fast::normalized_ce_fwd(hidden, item_emb, targets, *HeadOptions,
+*LossOptions, compute_dtype, compute_o, check_inputs)`` returns per-row losses, the log-sum-exp and
 the softmax-weighted item mean ``o`` that the backward reuses for dH;
 ``tfllmer_fast::normalized_ce_item_grad`` computes dE. Both have fake (meta)
 implementations, so ``torch.compile(fullgraph=True)`` traces through them. The
@@ -13,15 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..options import HeadOptions
 from . import _checks
+from ._kernels import kernels
+from ._library import HEAD_FIELDS, LOSS_FIELDS, define_op, head_options, loss_options
 from ._scales import item_scale, row_scale, scaled_items
-
-
-def _kernels():
-    # Imported lazily: Triton reads TRITON_INTERPRET when kernels are decorated.
-    from tfllmer_fast import kernels
-
-    return kernels
 
 
 def _item_sum(item_emb: Tensor, scale: Tensor, chunk: int = 1 << 16) -> Tensor:
@@ -47,22 +44,11 @@ def _target_rows(item_emb: Tensor, scale: Tensor, targets: Tensor, dtype: torch.
     return scaled_items(item_emb.index_select(0, targets), scale.index_select(0, targets), dtype).float()
 
 
-@torch.library.custom_op("tfllmer_fast::normalized_ce_fwd", mutates_args=())
-def normalized_ce_fwd(
-    hidden: Tensor,
-    item_emb: Tensor,
-    targets: Tensor,
-    temperature: float,
-    normalize_items: bool,
-    normalize_hidden: bool,
-    eps: float,
-    ignore_index: int,
-    label_smoothing: float,
-    compute_dtype: torch.dtype,
-    compute_o: bool,
-    check_inputs: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _fwd(hidden: Tensor, item_emb: Tensor, targets: Tensor, *args) -> tuple[Tensor, Tensor, Tensor]:
+    head, loss_opts = head_options(args, 0), loss_options(args, HEAD_FIELDS)
+    compute_dtype, compute_o, check_inputs = args[HEAD_FIELDS + LOSS_FIELDS :]
     N = item_emb.shape[0]
+    ignore_index, label_smoothing = loss_opts
     # CPU checks are free of device syncs, so they always run; on CUDA a bad
     # target poisons its row with NaN instead of stalling the stream.
     if check_inputs or hidden.device.type == "cpu":
@@ -71,10 +57,10 @@ def normalized_ce_fwd(
         _checks.raise_on_non_finite("hidden", hidden)
         _checks.raise_on_non_finite("item_emb", item_emb)
 
-    s = row_scale(hidden, temperature, normalize_hidden, eps)
-    r = item_scale(item_emb, normalize_items, eps)
-    lse, o = _kernels().normalized_lse_forward(
-        hidden, _kernel_items(item_emb, r, normalize_items, compute_dtype), s, compute_o=compute_o
+    s = row_scale(hidden, head)
+    r = item_scale(item_emb, head)
+    lse, o = kernels().normalized_lse_forward(
+        hidden, _kernel_items(item_emb, r, head.normalize_items, compute_dtype), s, compute_o=compute_o
     )
 
     valid = targets != ignore_index
@@ -90,11 +76,9 @@ def normalized_ce_fwd(
     return loss, lse, o
 
 
-@normalized_ce_fwd.register_fake
-def _(hidden, item_emb, targets, temperature, normalize_items, normalize_hidden, eps, ignore_index,
-      label_smoothing, compute_dtype, compute_o, check_inputs):
+def _fwd_fake(hidden, item_emb, targets, *args):
     B, D = hidden.shape
-    o_rows = B if compute_o else 0
+    o_rows = B if args[HEAD_FIELDS + LOSS_FIELDS + 1] else 0
     return (
         hidden.new_empty(B, dtype=torch.float32),
         hidden.new_empty(B, dtype=torch.float32),
@@ -102,48 +86,46 @@ def _(hidden, item_emb, targets, temperature, normalize_items, normalize_hidden,
     )
 
 
-@torch.library.custom_op("tfllmer_fast::normalized_ce_item_grad", mutates_args=())
-def normalized_ce_item_grad(
-    hidden: Tensor,
-    item_emb: Tensor,
-    targets: Tensor,
-    lse: Tensor,
-    grad_p: Tensor,
-    grad_t: Tensor,
-    temperature: float,
-    normalize_items: bool,
-    normalize_hidden: bool,
-    eps: float,
-    label_smoothing: float,
-    compute_dtype: torch.dtype,
-) -> Tensor:
-    r = item_scale(item_emb, normalize_items, eps)
-    return _kernels().normalized_ce_item_grad(
-        hidden, _kernel_items(item_emb, r, normalize_items, compute_dtype), item_emb,
-        row_scale(hidden, temperature, normalize_hidden, eps), r,
+normalized_ce_fwd = define_op(
+    "normalized_ce_fwd",
+    "(Tensor hidden, Tensor item_emb, Tensor targets, {head}, {loss}, ScalarType compute_dtype, bool compute_o, "
+    "bool check_inputs) -> (Tensor, Tensor, Tensor)",
+    _fwd, _fwd_fake,
+)
+
+
+def _item_grad(hidden, item_emb, targets, lse, grad_p, grad_t, *args) -> Tensor:
+    head, (_, label_smoothing) = head_options(args, 0), loss_options(args, HEAD_FIELDS)
+    compute_dtype = args[HEAD_FIELDS + LOSS_FIELDS]
+    r = item_scale(item_emb, head)
+    return kernels().normalized_ce_item_grad(
+        hidden, _kernel_items(item_emb, r, head.normalize_items, compute_dtype), item_emb, row_scale(hidden, head), r,
         lse, grad_p, grad_t, targets,
-        label_smoothing=label_smoothing, eps=eps, normalize_items=normalize_items,
+        label_smoothing=label_smoothing, eps=head.eps, normalize_items=head.normalize_items,
     )
 
 
-@normalized_ce_item_grad.register_fake
-def _(hidden, item_emb, targets, lse, grad_p, grad_t, temperature, normalize_items, normalize_hidden,
-      eps, label_smoothing, compute_dtype):
-    return torch.empty_like(item_emb)
+normalized_ce_item_grad = define_op(
+    "normalized_ce_item_grad",
+    "(Tensor hidden, Tensor item_emb, Tensor targets, Tensor lse, Tensor grad_p, Tensor grad_t, {head}, {loss}, "
+    "ScalarType compute_dtype) -> Tensor",
+    _item_grad, lambda hidden, item_emb, *args: torch.empty_like(item_emb),
+)
 
 
 def _setup_context(ctx, inputs, output):
-    (hidden, item_emb, targets, temperature, normalize_items, normalize_hidden, eps, ignore_index,
-     label_smoothing, compute_dtype, compute_o, check_inputs) = inputs
+    hidden, item_emb, targets, *args = inputs
     _, lse, o = output
     ctx.save_for_backward(hidden, item_emb, targets, lse, o)
-    ctx.options = (temperature, normalize_items, normalize_hidden, eps, ignore_index, label_smoothing, compute_dtype)
+    ctx.options = tuple(args[: HEAD_FIELDS + LOSS_FIELDS + 1])
     ctx.mark_non_differentiable(o)
+    ctx.num_inputs = len(inputs)
 
 
 def _backward(ctx, grad_loss, grad_lse, grad_o):
     hidden, item_emb, targets, lse, o = ctx.saved_tensors
-    temperature, normalize_items, normalize_hidden, eps, ignore_index, label_smoothing, compute_dtype = ctx.options
+    head, (ignore_index, label_smoothing) = head_options(ctx.options, 0), loss_options(ctx.options, HEAD_FIELDS)
+    compute_dtype = ctx.options[-1]
     N = item_emb.shape[0]
     valid = targets != ignore_index
     zeros = torch.zeros_like(lse)
@@ -155,27 +137,29 @@ def _backward(ctx, grad_loss, grad_lse, grad_o):
 
     grad_hidden = grad_items = None
     if ctx.needs_input_grad[0]:
-        r = item_scale(item_emb, normalize_items, eps)
+        r = item_scale(item_emb, head)
         q = a[:, None] * o - ((1.0 - label_smoothing) * b)[:, None] * _target_rows(item_emb, r, safe_t, compute_dtype)
         if label_smoothing > 0:
             q = q - (label_smoothing / N) * b[:, None] * _item_sum(item_emb, r)[None, :]
-        if normalize_hidden:
-            hf = hidden.float()
-            norms = torch.linalg.vector_norm(hf, dim=1, keepdim=True)
-            n = hf / norms.clamp_min(eps)
-            radial = torch.where(norms > eps, (n * q).sum(1, keepdim=True), 0.0)
-            grad_hidden = (q - radial * n) / (norms.clamp_min(eps) * temperature)
-        else:
-            grad_hidden = q / temperature
-        grad_hidden = grad_hidden.to(hidden.dtype)
+        grad_hidden = hidden_grad(hidden, q, head).to(hidden.dtype)
     if ctx.needs_input_grad[1]:
         grad_items = normalized_ce_item_grad(
-            hidden, item_emb, torch.where(valid, targets, -1), lse, a.contiguous(), b.contiguous(),
-            temperature, normalize_items, normalize_hidden, eps, label_smoothing, compute_dtype,
+            hidden, item_emb, torch.where(valid, targets, -1), lse, a.contiguous(), b.contiguous(), *ctx.options,
         )
-    return (grad_hidden, grad_items) + (None,) * 10
+    return (grad_hidden, grad_items) + (None,) * (ctx.num_inputs - 2)
 
 
-torch.library.register_autograd(
-    "tfllmer_fast::normalized_ce_fwd", _backward, setup_context=_setup_context
-)
+def hidden_grad(hidden: Tensor, q: Tensor, head: HeadOptions) -> Tensor:
+    """dL/dh in fp32 from q = sum_j G_ij e'_j (G = dL/dlogits, fp32 (B, d)): the
+    1/temperature and, with ``normalize_hidden``, the normalization's Jacobian
+    (the eps path below the threshold, as ``F.normalize`` defines it)."""
+    if not head.normalize_hidden:
+        return q / head.temperature
+    hf = hidden.to(q.dtype)
+    norms = torch.linalg.vector_norm(hf, dim=1, keepdim=True)
+    n = hf / norms.clamp_min(head.eps)
+    radial = torch.where(norms > head.eps, (n * q).sum(1, keepdim=True), 0.0)
+    return (q - radial * n) / (norms.clamp_min(head.eps) * head.temperature)
+
+
+torch.library.register_autograd("tfllmer_fast::normalized_ce_fwd", _backward, setup_context=_setup_context)

@@ -11,8 +11,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..options import DEFAULT_TEMPERATURE, HeadOptions
 from ..reference.ranking import target_rank_reference, topk_reference
 from . import _checks
+from ._kernels import kernels
+from ._library import HEAD_FIELDS, define_op, head_options
 from ._scales import item_scale, row_scale
 
 
@@ -47,7 +50,7 @@ def _check_common(hidden, item_emb, exclude):
 
 
 def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = 1.0, eps: float = 1e-12,
+                normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
                 impl: str = "auto", chunk_size: int | None = None) -> Tensor:
     """Rank of each row's target among all items: (B,) int64.
 
@@ -62,35 +65,31 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
         1 + (s >= s.gather(1, t[:, None])).sum(1) - 1
     """
     exclude = _check_common(hidden, item_emb, exclude)
+    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
     _checks.check_index_tensor("targets", targets)
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({hidden.shape[0]},)")
     if not torch.compiler.is_compiling():
         _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
     dtype = _checks.compute_dtype(hidden, item_emb)
-    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
     targets = targets.long()
-    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
     with torch.no_grad():
         if impl == "torch":
             return target_rank_reference(hidden, item_emb, targets, exclude=exclude, chunk_size=chunk_size,
-                                         eps=eps, **options)
+                                         **head._asdict())
         indptr, items = exclude if exclude is not None else (None, None)
-        return _target_rank_triton(hidden, item_emb, targets, indptr, items, normalize_items, normalize_hidden,
-                                   float(temperature), float(eps), dtype)
+        return _target_rank_op(hidden, item_emb, targets, indptr, items, *head, dtype)
 
 
-@torch.library.custom_op("tfllmer_fast::target_rank", mutates_args=())
 def _target_rank_triton(hidden: Tensor, item_emb: Tensor, targets: Tensor, exclude_indptr: Optional[Tensor],
-                        exclude_items: Optional[Tensor], normalize_items: bool, normalize_hidden: bool,
-                        temperature: float, eps: float, compute_dtype: torch.dtype) -> Tensor:
-    from tfllmer_fast import kernels
-
+                        exclude_items: Optional[Tensor], *args) -> Tensor:
+    head, compute_dtype = head_options(args, 0), args[HEAD_FIELDS]
     _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
     # A positive row scale (temperature, query norm) does not change a row's
     # order: the kernel ranks by <h, e_j> r_j alone.
-    r = item_scale(item_emb, normalize_items, eps)
-    counts, target_score = kernels.target_rank_counts(hidden, item_emb, r, targets, compute_dtype=compute_dtype)
+    r = item_scale(item_emb, head)
+    counts, target_score = kernels().target_rank_counts(hidden, item_emb, r, targets, compute_dtype=compute_dtype)
     if exclude_indptr is not None:
         # Excluded items that outscore the target were counted: take them back out
         # (each once, and never the target itself).
@@ -107,15 +106,17 @@ def _target_rank_triton(hidden: Tensor, item_emb: Tensor, targets: Tensor, exclu
     return 1 + counts
 
 
-@_target_rank_triton.register_fake
-def _(hidden, item_emb, targets, exclude_indptr, exclude_items, normalize_items, normalize_hidden, temperature, eps,
-      compute_dtype):
-    return hidden.new_empty(hidden.shape[0], dtype=torch.int64)
+_target_rank_op = define_op(
+    "target_rank",
+    "(Tensor hidden, Tensor item_emb, Tensor targets, Tensor? exclude_indptr, Tensor? exclude_items, {head}, "
+    "ScalarType compute_dtype) -> Tensor",
+    _target_rank_triton, lambda hidden, *args: hidden.new_empty(hidden.shape[0], dtype=torch.int64),
+)
 
 
 def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = 1.0, eps: float = 1e-12, impl: str = "auto",
-                chunk_size: int | None = None) -> TopK:
+                normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
+                impl: str = "auto", chunk_size: int | None = None) -> TopK:
     """The k best items per row: ``TopK(values, indices)``, each (B, k), sorted
     by score (ties to the smaller item id); excluded items never appear (a row
     with fewer than k candidates pads with score -inf and index -1).
@@ -130,48 +131,47 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
         torch.sort(s, dim=1, descending=True, stable=True)[:, :k]
     """
     exclude = _check_common(hidden, item_emb, exclude)
+    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
     if int(k) != k or not 1 <= k <= item_emb.shape[0]:
         raise ValueError(f"k must lie in 1..N = {item_emb.shape[0]}, got {k}")
     dtype = _checks.compute_dtype(hidden, item_emb)
     requested = impl
-    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
-    if impl == "triton":
-        from tfllmer_fast import kernels
-
-        if not kernels.topk_supported() or int(k) > kernels.topk_max_k():
-            if requested == "triton":
-                raise ValueError(f"impl='triton' serves k <= {kernels.topk_max_k()} (got k={int(k)}) and needs "
-                                 "tl.argmax; use impl='torch'")
-            impl = "torch"
-    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature)
+    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    if impl == "triton" and (not kernels().topk_supported() or int(k) > kernels().topk_max_k()):
+        if requested == "triton":
+            raise ValueError(f"impl='triton' serves k <= {kernels().topk_max_k()} (got k={int(k)}) and needs "
+                             "tl.argmax; use impl='torch'")
+        impl = "torch"
     with torch.no_grad():
         if impl == "torch":
             values, indices = topk_reference(hidden, item_emb, int(k), exclude=exclude, chunk_size=chunk_size,
-                                             eps=eps, **options)
+                                             **head._asdict())
         else:
             indptr, items = exclude if exclude is not None else (None, None)
             longest = int(indptr.diff().max()) if exclude is not None and hidden.shape[0] else 0
-            values, indices = _topk_triton(hidden, item_emb, indptr, items, int(k), longest,
-                                           normalize_items, normalize_hidden, float(temperature), float(eps), dtype)
+            values, indices = _topk_op(hidden, item_emb, indptr, items, int(k), longest, *head, dtype)
     return TopK(values, indices)
 
 
-@torch.library.custom_op("tfllmer_fast::topk", mutates_args=())
 def _topk_triton(hidden: Tensor, item_emb: Tensor, exclude_indptr: Optional[Tensor], exclude_items: Optional[Tensor],
-                 k: int, longest: int, normalize_items: bool, normalize_hidden: bool, temperature: float, eps: float,
-                 compute_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    from tfllmer_fast import kernels
-
-    r = item_scale(item_emb, normalize_items, eps)
+                 k: int, longest: int, *args) -> tuple[Tensor, Tensor]:
+    head, compute_dtype = head_options(args, 0), args[HEAD_FIELDS]
+    r = item_scale(item_emb, head)
     exclude = None if exclude_indptr is None else (exclude_indptr, exclude_items, longest)
-    keys = kernels.topk_keys(hidden, item_emb, r, k, exclude=exclude, compute_dtype=compute_dtype)
-    scores, indices = kernels.unpack_topk_keys(keys)
+    keys = kernels().topk_keys(hidden, item_emb, r, k, exclude=exclude, compute_dtype=compute_dtype)
+    scores, indices = kernels().unpack_topk_keys(keys)
     # The kernel ranks by <h, e_j> r_j; the row scale enters the values only.
-    return scores * row_scale(hidden, temperature, normalize_hidden, eps)[:, None], indices
+    return scores * row_scale(hidden, head)[:, None], indices
 
 
-@_topk_triton.register_fake
-def _(hidden, item_emb, exclude_indptr, exclude_items, k, longest, normalize_items, normalize_hidden, temperature, eps,
-      compute_dtype):
+def _topk_fake(hidden, item_emb, exclude_indptr, exclude_items, k, *args):
     B = hidden.shape[0]
     return hidden.new_empty((B, k), dtype=torch.float32), hidden.new_empty((B, k), dtype=torch.int64)
+
+
+_topk_op = define_op(
+    "topk",
+    "(Tensor hidden, Tensor item_emb, Tensor? exclude_indptr, Tensor? exclude_items, int k, int longest, {head}, "
+    "ScalarType compute_dtype) -> (Tensor, Tensor)",
+    _topk_triton, _topk_fake,
+)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..options import DEFAULT_TEMPERATURE
+
 # Rows per chunk are chosen so one chunk of fp32 logits stays near this size.
 CHUNK_BYTES = 256 * 2**20
 
@@ -20,7 +22,7 @@ def normalized_logits(
     hidden: torch.Tensor,
     item_emb: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     normalize_items: bool = True,
     normalize_hidden: bool = False,
     eps: float = 1e-12,
@@ -58,7 +60,7 @@ def normalized_ce_rows(
     item_emb: torch.Tensor,
     targets: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     normalize_items: bool = True,
     normalize_hidden: bool = False,
     eps: float = 1e-12,
@@ -89,8 +91,8 @@ def normalized_ce_rows(
             loss, lse = _chunk_rows(hidden[sl], items, targets[sl], *args)
         losses.append(loss)
         lses.append(lse)
-    if not losses:  # no rows: empty results that stay connected to the graph
-        empty = hidden.sum(-1).to(torch.promote_types(hidden.dtype, torch.float32))
+    if not losses:  # no rows: empty results that stay connected to both inputs (zero gradients, as torch gives)
+        empty = (hidden.sum(-1) + 0 * items.sum()).to(torch.promote_types(hidden.dtype, torch.float32))
         return empty, empty.detach()
     if len(losses) == 1:
         return losses[0], lses[0]
@@ -102,7 +104,7 @@ def plain_normalized_ce(
     item_emb: torch.Tensor,
     targets: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     normalize_items: bool = True,
     normalize_hidden: bool = False,
     eps: float = 1e-12,
