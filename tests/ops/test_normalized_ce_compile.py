@@ -10,6 +10,18 @@ from tests.ops.normalized_ce_cases import make_inputs, rel_err
 from tfllmer_fast.options import HeadOptions, LossOptions
 
 
+def _eager_and_compiled(step, hidden, items, targets):
+    """(loss, dH, dE) of ``step`` run eagerly, then under torch.compile(fullgraph=True)."""
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        h = hidden.clone().requires_grad_()
+        e = items.clone().requires_grad_()
+        loss = fn(h, e, targets)
+        loss.backward()
+        results.append((loss.detach(), h.grad, e.grad))
+    return results
+
+
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_compile_fullgraph_with_ignored_rows(impl, device):
     torch._dynamo.reset()
@@ -19,14 +31,7 @@ def test_compile_fullgraph_with_ignored_rows(impl, device):
         out = tf.normalized_softmax_ce(h, e, t, impl=impl, temperature=0.5, label_smoothing=0.1, return_lse=True)
         return out.loss + 1e-3 * out.lse.mean()
 
-    results = []
-    for fn in (step, torch.compile(step, fullgraph=True)):
-        h = hidden.clone().requires_grad_()
-        e = items.clone().requires_grad_()
-        loss = fn(h, e, targets)
-        loss.backward()
-        results.append((loss.detach(), h.grad, e.grad))
-    (eager_loss, eager_dh, eager_de), (comp_loss, comp_dh, comp_de) = results
+    (eager_loss, eager_dh, eager_de), (comp_loss, comp_dh, comp_de) = _eager_and_compiled(step, hidden, items, targets)
     assert rel_err(comp_loss, eager_loss) < 1e-6
     assert rel_err(comp_dh, eager_dh) < 1e-5
     assert rel_err(comp_de, eager_de) < 1e-5
@@ -75,14 +80,7 @@ def test_compile_fullgraph_chunked(device):
     def step(h, e, t):
         return tf.normalized_softmax_ce(h, e, t, impl="chunked", temperature=0.5, label_smoothing=0.1, chunk_size=8)
 
-    results = []
-    for fn in (step, torch.compile(step, fullgraph=True)):
-        h = hidden.clone().requires_grad_()
-        e = items.clone().requires_grad_()
-        loss = fn(h, e, targets)
-        loss.backward()
-        results.append((loss.detach(), h.grad, e.grad))
-    for eager, compiled in zip(*results):
+    for eager, compiled in zip(*_eager_and_compiled(step, hidden, items, targets)):
         assert rel_err(compiled, eager) < 1e-5
 
 
