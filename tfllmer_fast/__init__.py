@@ -1,6 +1,6 @@
 """tfllmer_fast: fused GPU kernels for large-catalog sequential recommendation."""
 
-from . import graph, reference
+from . import distributed, graph, reference
 from .graph import RecPCAResult, pca, rec_pca
 from .head import NormalizedSoftmaxHead
 from .ops import NormalizedCEOutput, normalized_softmax_ce
@@ -18,6 +18,7 @@ __all__ = [
     "target_rank",
     "topk_scores",
     "TopK",
+    "distributed",
     "graph",
     "rec_pca",
     "pca",

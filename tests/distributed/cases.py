@@ -1,0 +1,103 @@
+"""Shared data and per-rank bodies for the sharded-op tests."""
+
+from __future__ import annotations
+
+import torch
+
+from tfllmer_fast.distributed import (
+    shard_range,
+    sharded_normalized_softmax_ce,
+    sharded_target_rank,
+    sharded_topk_scores,
+)
+
+N, D = 23, 8
+
+
+def rank_rows(world: int, equal: bool) -> list[int]:
+    return [6] * world if equal else [5 + r for r in range(world)]
+
+
+def make_data(world: int, dtype, equal: bool = False, seed: int = 0):
+    """Every rank's queries, targets and weights, and the full table. Targets
+    avoid the last rank's shard, so one shard holds no target at all; the
+    second row of every rank is ignored (unless ``equal``)."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = rank_rows(world, equal)
+    total = sum(sizes)
+    hidden = torch.randn(total, D, generator=gen, dtype=torch.float64)
+    table = torch.randn(N, D, generator=gen, dtype=torch.float64)
+    last_start, _ = shard_range(N, world - 1, world)
+    targets = torch.randint(0, last_start, (total,), generator=gen)
+    weight = torch.rand(total, generator=gen, dtype=torch.float64) + 0.5
+    if not equal:
+        starts = [sum(sizes[:r]) for r in range(world)]
+        targets[[s + 1 for s in starts]] = -100
+    return hidden.to(dtype), table.to(dtype), targets, weight.to(dtype), sizes
+
+
+def rows_of(rank: int, sizes: list[int]) -> slice:
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def ce_rank(rank, world, dtype, impl, options, equal):
+    hidden, table, targets, weight, sizes = make_data(world, dtype, equal)
+    own = rows_of(rank, sizes)
+    start, stop = shard_range(N, rank, world)
+    h = hidden[own].clone().requires_grad_()
+    shard = table[start:stop].clone().requires_grad_()
+    w = weight[own] if options.pop("use_weight", False) else None
+    loss = sharded_normalized_softmax_ce(h, shard, targets[own], shard_start=start, num_items=N, impl=impl,
+                                         weight=w, **options)
+    objective(loss).backward()
+    return {"loss": loss_value(loss).detach(), "dh": h.grad, "de": shard.grad, "start": start}
+
+
+def loss_value(out):
+    return out.loss if isinstance(out, tuple) else out
+
+
+def objective(out):
+    """What backward runs on: the loss summed, plus a z-loss on the lse when returned."""
+    value = loss_value(out).sum()
+    return value + 0.01 * out.lse.square().sum() if isinstance(out, tuple) else value
+
+
+def ranking_rank(rank, world, k):
+    hidden, table, targets, _, sizes = make_data(world, torch.float64)
+    own = rows_of(rank, sizes)
+    start, stop = shard_range(N, rank, world)
+    exclude = exclusions(sizes)
+    indptr, items = exclude
+    lo, hi = int(indptr[own.start]), int(indptr[own.stop])
+    mine = (indptr[own.start : own.stop + 1] - lo, items[lo:hi])
+    ranks = sharded_target_rank(hidden[own], table[start:stop], targets[own].clamp_min(0), shard_start=start,
+                                num_items=N, exclude=mine)
+    top = sharded_topk_scores(hidden[own], table[start:stop], k, shard_start=start, num_items=N, exclude=mine)
+    return {"ranks": ranks, "values": top.values, "indices": top.indices}
+
+
+def exclusions(sizes):
+    """Row i excludes items i % 5 and (3 i) % N: CSR over all ranks' rows."""
+    total = sum(sizes)
+    items = torch.tensor([[i % 5, (3 * i) % N] for i in range(total)]).reshape(-1)
+    return torch.arange(0, 2 * total + 1, 2), items
+
+
+def bad_setup_rank(rank, world, what):
+    hidden, table, targets, _, sizes = make_data(world, torch.float64)
+    own = rows_of(rank, sizes)
+    start, stop = shard_range(N, rank, world)
+    shard = table[start:stop]
+    if what == "gap" and rank == world - 1:
+        shard, start = shard[1:], start + 1
+    if what == "short" and rank == world - 1:
+        shard = shard[:-1]
+    if what == "width" and rank == 0:
+        shard, hidden = shard[:, :-1], hidden[:, :-1]
+    try:
+        sharded_normalized_softmax_ce(hidden[own], shard, targets[own], shard_start=start, num_items=N)
+    except ValueError as exc:
+        return {"raised": str(exc)}
+    return {"raised": None}

@@ -1,0 +1,237 @@
+"""The catalog-parallel head: each rank owns a contiguous slice of the item table.
+
+Forward, per step: the ranks' queries and targets are all-gathered (data-
+parallel backbones, B = the sum of every rank's rows); each rank runs the
+single-process op (``normalized_softmax_ce``, fused kernel or reference) on
+its shard for all B rows and keeps only the per-row log-sum-exp; the global
+log-sum-exp is the log-sum-exp of the ranks' pieces (an all-gather of B floats
+per rank), the target logit comes from the rank that owns the target (an
+all-reduce of B floats) and, with label smoothing, the table's sum of
+normalized rows from an all-reduce of d floats. Nothing of size B x N, or
+N x d, ever crosses ranks.
+
+Backward runs through the same collectives: each rank's share of the queries'
+gradient is summed back to the rank that owns those rows (a reduce-scatter
+on NCCL), and the shard's gradient stays local. ``item_shard`` receives the
+gradient of the mean of the ranks' losses, the average DDP takes of the
+backbone's gradients: W ranks at batch b update exactly as one process at
+batch W b does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import _checks
+from ..ops.normalized_ce import REDUCTIONS, NormalizedCEOutput, normalized_softmax_ce
+from ..options import DEFAULT_TEMPERATURE, HeadOptions, LossOptions
+from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world, shard_range
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def sharded_normalized_softmax_ce(
+    hidden: Tensor,
+    item_shard: Tensor,
+    targets: Tensor,
+    *,
+    shard_start: int,
+    num_items: int,
+    process_group=None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    normalize_items: bool = True,
+    normalize_hidden: bool = False,
+    eps: float = 1e-12,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    return_lse: bool = False,
+    impl: str = "auto",
+    check_inputs: bool = False,
+    chunk_size: int | None = None,
+):
+    """``normalized_softmax_ce`` of this rank's rows against a table sharded over ranks.
+
+    ``item_shard`` (n_r, d) holds rows ``[shard_start, shard_start + n_r)`` of
+    the ``num_items``-row table (the shards tile it in rank order; uneven sizes
+    are fine); ``hidden`` (..., d), ``targets`` (...) global item ids and
+    ``weight`` are this rank's own rows (ranks may hold different numbers).
+    Every other option means what it does in ``normalized_softmax_ce``
+    (``label_smoothing``'s 1/N is the global N). The result on each rank is
+    what ``normalized_softmax_ce(hidden, full_table, targets, ...)`` gives;
+    ``hidden`` gets that result's gradient and ``item_shard`` the gradient of
+    the mean of all ranks' results (DDP's convention). Every rank must call it
+    (and run backward) together. Plain torch equivalent on one process::
+
+        normalized_softmax_ce(hidden, torch.cat(all_shards), targets, ...)
+    """
+    group, rank, world = group_rank_world(process_group)
+    _checks.check_float_tensor("hidden", hidden)
+    _checks.check_float_tensor("item_shard", item_shard, ndim_min=2)
+    _checks.check_index_tensor("targets", targets)
+    if item_shard.dim() != 2 or hidden.shape[-1] != item_shard.shape[1]:
+        raise ValueError(f"item_shard must be (n, d) with d = hidden's last dimension {hidden.shape[-1]}, "
+                         f"got {tuple(item_shard.shape)}")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(hidden.shape[:-1])}")
+    if weight is not None and weight.shape != targets.shape:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if impl == "chunked":
+        raise ValueError("impl='chunked' finishes the gradient of a local loss; the sharded head needs "
+                         "impl='auto', 'triton' or 'torch'")
+    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
+    loss_opts = LossOptions.make(ignore_index, label_smoothing)
+    check_shards(int(shard_start), item_shard.shape[0], int(num_items), item_shard.shape[1], hidden, group)
+
+    h_own = hidden.reshape(-1, hidden.shape[-1])
+    t_own = targets.reshape(-1).long()
+    valid_own = t_own != loss_opts.ignore_index
+    if check_inputs or h_own.device.type == "cpu":
+        _checks.raise_on_invalid_targets(t_own, num_items, loss_opts.ignore_index)
+    h_all, sizes = gather_rows(h_own, group)
+    t_all, _ = gather_rows(t_own, group)
+    offset = sum(sizes[:rank])
+
+    shard = _ScaleGrad.apply(item_shard, 1.0 / world) if item_shard.requires_grad else item_shard
+    n_local = shard.shape[0]
+    if n_local:
+        local = normalized_softmax_ce(
+            h_all, shard, torch.full_like(t_all, -100), **head._asdict(), ignore_index=-100,
+            reduction="none", return_lse=True, impl=impl, check_inputs=check_inputs, chunk_size=chunk_size,
+        )
+        local_lse = local.lse
+    else:
+        local_lse = h_all.new_full((h_all.shape[0],), float("-inf"), dtype=torch.float32)
+    pieces, _ = gather_rows(local_lse[None, :], group)
+    lse = torch.logsumexp(pieces, dim=0)
+
+    # The target logit, from the rank that owns the target, in fp32.
+    h_scaled = _scaled_queries(h_all, head)
+    local_t = t_all - shard_start
+    owned = (t_all != loss_opts.ignore_index) & (local_t >= 0) & (local_t < n_local)
+    rows_e = _normalized(shard[local_t.clamp(0, max(n_local - 1, 0))], head) if n_local else h_scaled * 0
+    target_logit = all_reduce_sum(torch.where(owned, (h_scaled * rows_e).sum(1), 0.0), group)
+
+    row_loss = lse - (1.0 - loss_opts.label_smoothing) * target_logit
+    if loss_opts.label_smoothing > 0:
+        table_sum = all_reduce_sum(_normalized(shard, head).sum(0), group)
+        row_loss = row_loss - (loss_opts.label_smoothing / num_items) * (h_scaled @ table_sum)
+    own = slice(offset, offset + h_own.shape[0])
+    rows = torch.where(valid_own, row_loss[own], 0.0)
+    loss = _reduce(rows, valid_own, weight, reduction, targets.shape)
+    if return_lse:
+        return NormalizedCEOutput(loss, lse[own].reshape(targets.shape))
+    return loss
+
+
+def _normalized(rows: Tensor, head: HeadOptions) -> Tensor:
+    rows = rows.float() if rows.dtype != torch.float64 else rows
+    return F.normalize(rows, dim=-1, eps=head.eps) if head.normalize_items else rows
+
+
+def _scaled_queries(hidden: Tensor, head: HeadOptions) -> Tensor:
+    h = hidden.float() if hidden.dtype != torch.float64 else hidden
+    if head.normalize_hidden:
+        h = F.normalize(h, dim=-1, eps=head.eps)
+    return h / head.temperature
+
+
+def _reduce(rows, valid, weight, reduction, shape):
+    if weight is not None:
+        rows = rows * weight.reshape(-1).to(rows.dtype)
+    if reduction == "none":
+        return rows.reshape(shape)
+    if reduction == "sum":
+        return rows.sum()
+    w = valid.to(rows.dtype) if weight is None else valid * weight.reshape(-1).to(rows.dtype)
+    return rows.sum() / w.sum()
+
+
+class ShardedNormalizedSoftmaxHead(nn.Module):
+    """``NormalizedSoftmaxHead`` with its table sharded over ``process_group``:
+    this rank holds rows ``[shard_start, shard_stop)`` (``shard_range``) as
+    ``weight``. ``forward(hidden, targets)`` is ``sharded_normalized_softmax_ce``;
+    ``embed(ids)`` looks up global ids for the backbone's input (each rank
+    serves the ids it owns, summed over ranks), so the table stays tied.
+    Keep it out of DistributedDataParallel: each rank's shard is its own."""
+
+    def __init__(self, num_items: int, dim: int, *, process_group=None, temperature: float = DEFAULT_TEMPERATURE,
+                 normalize_items: bool = True, normalize_hidden: bool = False, padding_idx: int | None = None,
+                 impl: str = "auto", device=None, dtype=None):
+        super().__init__()
+        _, rank, world = group_rank_world(process_group)
+        self.process_group = process_group
+        self.num_items, self.dim = num_items, dim
+        self.options = HeadOptions.make(temperature, normalize_items, normalize_hidden)
+        self.padding_idx, self.impl = padding_idx, impl
+        self.shard_start, self.shard_stop = shard_range(num_items, rank, world)
+        self.weight = nn.Parameter(torch.empty(self.shard_stop - self.shard_start, dim, device=device, dtype=dtype))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+        if padding_idx is not None and self.owns(padding_idx):
+            with torch.no_grad():
+                self.weight[padding_idx - self.shard_start].zero_()
+            self.weight.register_hook(self._zero_padding_grad)
+
+    def owns(self, item: int) -> bool:
+        return self.shard_start <= item < self.shard_stop
+
+    def _zero_padding_grad(self, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad[self.padding_idx - self.shard_start] = 0
+        return grad
+
+    @property
+    def temperature(self) -> float:
+        return self.options.temperature
+
+    @property
+    def normalize_items(self) -> bool:
+        return self.options.normalize_items
+
+    @property
+    def normalize_hidden(self) -> bool:
+        return self.options.normalize_hidden
+
+    def forward(self, hidden: Tensor, targets: Tensor, *, weight: Tensor | None = None, reduction: str = "mean",
+                label_smoothing: float = 0.0, return_lse: bool = False):
+        return sharded_normalized_softmax_ce(
+            hidden, self.weight, targets, shard_start=self.shard_start, num_items=self.num_items,
+            process_group=self.process_group, **self.options._asdict(),
+            ignore_index=-100 if self.padding_idx is None else self.padding_idx, reduction=reduction,
+            label_smoothing=label_smoothing, weight=weight, return_lse=return_lse, impl=self.impl,
+        )
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """(..., dim) rows of the global ids ``ids`` (this rank's own lookups).
+        All ranks call it together: ids are all-gathered, each rank fills the rows
+        it owns, and an all-reduce sums them (its backward sends each row's
+        gradient to the owning shard)."""
+        _, rank, world = group_rank_world(self.process_group)
+        flat = ids.reshape(-1)
+        all_ids, sizes = gather_rows(flat, self.process_group)
+        local = all_ids - self.shard_start
+        owned = (local >= 0) & (local < self.weight.shape[0])
+        table = _ScaleGrad.apply(self.weight, 1.0 / world) if self.weight.requires_grad else self.weight
+        rows = F.embedding(local.clamp(0, self.weight.shape[0] - 1), table) * owned[:, None].to(table.dtype)
+        rows = all_reduce_sum(rows, self.process_group)
+        offset = sum(sizes[:rank])
+        return rows[offset : offset + flat.shape[0]].reshape(*ids.shape, self.dim)
+
+    def extra_repr(self) -> str:
+        fields = ", ".join(f"{k}={v}" for k, v in self.options._asdict().items())
+        return (f"num_items={self.num_items}, dim={self.dim}, shard=[{self.shard_start}, {self.shard_stop}), "
+                f"{fields}, padding_idx={self.padding_idx}")

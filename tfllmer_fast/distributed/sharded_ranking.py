@@ -1,0 +1,152 @@
+"""Full-ranking evaluation against a sharded item table.
+
+Queries, targets and exclusion lists (global ids) are all-gathered; each rank
+scores all rows against its shard. ``sharded_target_rank``: the target's
+score comes from the rank that owns it (an all-reduce of B floats), each rank
+counts its own items that score at least as high (excluding its share of the
+exclusion lists), and one all-reduce of B counts sums them.
+``sharded_topk_scores``: each rank's top-k in global ids, one all-gather of
+(B, k) candidates, and a merge with ties to the smaller global id.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops import _checks
+from ..ops.ranking import TopK, topk_scores
+from ..options import DEFAULT_TEMPERATURE, HeadOptions
+from ..reference.normalized_ce import CHUNK_BYTES, normalized_logits
+from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world
+
+
+def _gather_exclusions(exclude, num_rows: int, device, group):
+    """All ranks' CSR exclusion lists as one CSR over the gathered rows."""
+    if exclude is None:
+        indptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
+        items = torch.zeros(0, dtype=torch.int64, device=device)
+    else:
+        indptr, items = (torch.as_tensor(x, device=device).long() for x in exclude)
+        if indptr.numel() != num_rows + 1:
+            raise ValueError(f"exclude indptr must have B + 1 = {num_rows + 1} entries, got {indptr.numel()}")
+    lengths, _ = gather_rows(indptr.diff(), group)
+    all_items, _ = gather_rows(items, group)
+    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), all_items
+
+
+def _prepare(hidden, item_shard, shard_start, num_items, exclude, process_group, options):
+    group, rank, _ = group_rank_world(process_group)
+    _checks.check_float_tensor("hidden", hidden, ndim_min=2)
+    _checks.check_float_tensor("item_shard", item_shard, ndim_min=2)
+    if hidden.dim() != 2 or item_shard.dim() != 2 or hidden.shape[1] != item_shard.shape[1]:
+        raise ValueError(f"hidden (B, d) and item_shard (n, d) must be 2-D with one d, got {tuple(hidden.shape)} "
+                         f"and {tuple(item_shard.shape)}")
+    head = HeadOptions.make(**options)
+    check_shards(int(shard_start), item_shard.shape[0], int(num_items), item_shard.shape[1], hidden, group)
+    h_all, sizes = gather_rows(hidden.detach(), group)
+    indptr, items = _gather_exclusions(exclude, hidden.shape[0], hidden.device, group)
+    offset = sum(sizes[:rank])
+    return group, head, h_all, (indptr, items), slice(offset, offset + hidden.shape[0])
+
+
+def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, shard_start: int, num_items: int,
+                        exclude=None, process_group=None, normalize_items: bool = True, normalize_hidden: bool = False,
+                        temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
+                        chunk_size: int | None = None) -> Tensor:
+    """``target_rank`` of this rank's rows against the sharded table: (B,) int64.
+    ``targets`` and ``exclude`` (CSR ``(indptr, items)``) are in global ids."""
+    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
+                   eps=eps)
+    group, head, h_all, (indptr, ex_items), own = _prepare(hidden, item_shard, shard_start, num_items, exclude,
+                                                           process_group, options)
+    _checks.check_index_tensor("targets", targets)
+    _checks.raise_on_invalid_targets(targets, num_items, ignore_index=-(2**62))
+    t_all, _ = gather_rows(targets.long(), group)
+    n_local = item_shard.shape[0]
+    with torch.no_grad():
+        local_t = t_all - shard_start
+        owned = (local_t >= 0) & (local_t < n_local)
+        step = chunk_size or max(1, CHUNK_BYTES // (4 * max(n_local, 1)))
+        scores = [normalized_logits(h_all[a : a + step], item_shard, **head._asdict()).float()
+                  for a in range(0, h_all.shape[0], step)] if n_local else []
+        target_score = torch.zeros(h_all.shape[0], device=hidden.device, dtype=torch.float32)
+        counts = torch.zeros(h_all.shape[0], device=hidden.device, dtype=torch.int64)
+        rows_seen = 0
+        for chunk in scores:
+            rows = torch.arange(rows_seen, rows_seen + chunk.shape[0], device=hidden.device)
+            mine = owned[rows]
+            picked = chunk[torch.arange(chunk.shape[0], device=hidden.device), local_t[rows].clamp(0, n_local - 1)]
+            target_score[rows] = torch.where(mine, picked, 0.0)
+            rows_seen += chunk.shape[0]
+        target_score = all_reduce_sum(target_score, group)
+        rows_seen = 0
+        for chunk in scores:
+            rows = torch.arange(rows_seen, rows_seen + chunk.shape[0], device=hidden.device)
+            _mask_exclusions(chunk, rows, indptr, ex_items, shard_start, n_local)
+            local_rows = torch.arange(chunk.shape[0], device=hidden.device)
+            chunk[local_rows[owned[rows]], local_t[rows][owned[rows]]] = float("-inf")  # never counts itself
+            counts[rows] = (chunk >= target_score[rows, None]).sum(1)
+            rows_seen += chunk.shape[0]
+        counts = all_reduce_sum(counts, group)
+    return 1 + counts[own]
+
+
+def _mask_exclusions(chunk, rows, indptr, items, shard_start, n_local):
+    lo, hi = int(indptr[rows[0]]), int(indptr[rows[-1] + 1])
+    if hi == lo:
+        return
+    row_of = torch.repeat_interleave(torch.arange(rows.numel(), device=chunk.device), indptr[rows + 1] - indptr[rows])
+    local = items[lo:hi] - shard_start
+    keep = (local >= 0) & (local < n_local)
+    chunk[row_of[keep], local[keep]] = float("-inf")
+
+
+def sharded_topk_scores(hidden: Tensor, item_shard: Tensor, k: int, *, shard_start: int, num_items: int,
+                        exclude=None, process_group=None, normalize_items: bool = True,
+                        normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
+                        impl: str = "auto") -> TopK:
+    """``topk_scores`` of this rank's rows against the sharded table: values and
+    global item ids, sorted by score with ties to the smaller global id."""
+    if int(k) != k or not 1 <= k <= num_items:
+        raise ValueError(f"k must lie in 1..N = {num_items}, got {k}")
+    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
+                   eps=eps)
+    group, head, h_all, (indptr, ex_items), own = _prepare(hidden, item_shard, shard_start, num_items, exclude,
+                                                           process_group, options)
+    n_local = item_shard.shape[0]
+    B = h_all.shape[0]
+    with torch.no_grad():
+        if n_local:
+            local = ex_items - shard_start
+            keep = (local >= 0) & (local < n_local)
+            row_of = torch.repeat_interleave(torch.arange(B, device=hidden.device), indptr.diff())
+            counts = torch.bincount(row_of[keep], minlength=B)
+            local_exclude = (torch.cat([counts.new_zeros(1), counts.cumsum(0)]), local[keep])
+            top = topk_scores(h_all, item_shard, min(int(k), n_local), exclude=local_exclude, impl=impl,
+                              **head._asdict())
+            values = top.values
+            ids = torch.where(top.indices >= 0, top.indices + shard_start, top.indices)
+        else:
+            values = torch.full((B, 0), float("-inf"), device=hidden.device)
+            ids = torch.full((B, 0), -1, dtype=torch.int64, device=hidden.device)
+        width = int(k)
+        pad = width - values.shape[1]
+        if pad:
+            values = torch.cat([values, values.new_full((B, pad), float("-inf"))], 1)
+            ids = torch.cat([ids, ids.new_full((B, pad), -1)], 1)
+        # Every rank's candidates for every row; each rank merges its own rows'.
+        all_values, _ = gather_rows(values[None], group)
+        all_ids, _ = gather_rows(ids[None], group)
+        mine = (all_values[:, own], all_ids[:, own])
+        merged_values, merged_ids = (x.permute(1, 0, 2).reshape(x.shape[1], -1) for x in mine)
+    return _merge(merged_values, merged_ids, width, num_items)
+
+
+def _merge(values: Tensor, ids: Tensor, k: int, num_items: int) -> TopK:
+    """Top-k of the candidates by score, ties to the smaller id, padding (-1) last."""
+    order_ids = torch.where(ids >= 0, ids, num_items)
+    by_id = torch.argsort(order_ids, dim=1, stable=True)
+    values, ids = values.gather(1, by_id), ids.gather(1, by_id)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    return TopK(values.gather(1, by_value), ids.gather(1, by_value))
