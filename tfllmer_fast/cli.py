@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig, ItemInitConfig, RunConfig
+from .distributed.runtime import init_from_env, rank_world
 from .limits import check_limit, describe_limit
 from .train import TrainConfig
 
@@ -124,11 +125,14 @@ def _train(args) -> int:
     from .pipeline import run
 
     config = run_config_from(args)
+    config.train.device = init_from_env(config.train.device)  # under torchrun: join the process group
     _existing_file("--data", config.data.path)
     _existing_file("--features", config.items.features)
     if config.items.init != "random" and config.items.features is None:
         raise ValueError(f"--init {config.items.init} needs --features")
     result = run(config, out_dir=args.out, resume=args.resume)
+    if rank_world()[0] != 0:
+        return 0
     print(json.dumps({"valid": result["valid"], "test": result["test"], "best_epoch": result["best_epoch"]}, indent=2))
     return 0
 

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from . import data as data_mod
 from .config import RunConfig, load_saved
+from .distributed import runtime
 from .features import attribute_matrix, load_matrix
 from .graph import cooccurrence, pca, rec_pca
 from .train import Trainer
@@ -65,13 +67,18 @@ def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bo
     stats = data.stats()
     log.info("dataset: %s", stats)
     sp = data_mod.split(data, config.data.split)
-    init = item_embeddings(config.items.init, sp, features, config.train.dim, beta=config.items.beta,
-                           top_k=config.items.top_k)
-    if out_dir:
+    rank, world = runtime.rank_world()
+    # The item initialization is computed once, on rank 0; every rank takes
+    # its own rows of it.
+    init = [item_embeddings(config.items.init, sp, features, config.train.dim, beta=config.items.beta,
+                            top_k=config.items.top_k) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(init, src=0)
+    if out_dir and rank == 0:
         config.save(out_dir)
-    trainer = Trainer(sp, config.train, item_init=init, out_dir=out_dir)
+    trainer = Trainer(sp, config.train, item_init=init[0], out_dir=out_dir)
     if resume:
-        trainer.load_checkpoint(Path(out_dir) / "checkpoint.pt")
+        trainer.load_checkpoint(trainer.checkpoint_path)
     info = {"dataset": {**stats, "path": config.data.path, "k_core": config.data.k_core},
             "features": config.items.features, "beta": config.items.beta if config.items.init == "recpca" else None,
             "config": config.to_dict()}
@@ -79,9 +86,12 @@ def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bo
 
 
 def _check_resume(config: RunConfig, out_dir) -> None:
-    ckpt = Path(out_dir or ".") / "checkpoint.pt"
+    rank, world = runtime.rank_world()
+    name = "checkpoint.pt" if world == 1 else f"checkpoint.rank{rank}-of-{world}.pt"
+    ckpt = Path(out_dir or ".") / name
     if not out_dir or not ckpt.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (a run resumes with the number of processes "
+                                "it was started with)")
     saved = load_saved(out_dir)
     if saved is None:
         raise ValueError(f"--resume: {out_dir} has a checkpoint but no config.json to check the settings against")

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import EvalSet, Split
+from .distributed import runtime
+from .distributed.sharded_ranking import sharded_target_rank
 from .limits import bounded, validate_fields
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
@@ -72,20 +74,30 @@ class _Evaluator:
         if self._exclude is None:
             self._exclude = exclusion_csr(hist, len(hist), device, exclude_history=self.config.exclude_history)
         indptr, items = self._exclude
-        ranks = []
+        rank, world = runtime.rank_world()
+        # Each rank ranks a contiguous part of the users; with a sharded table
+        # every rank takes part in every batch, so all run the same number.
+        per_rank = -(-len(targets) // world)
+        lo, hi = min(rank * per_rank, len(targets)), min((rank + 1) * per_rank, len(targets))
         step = self.config.eval_batch_size
-        for start in range(0, len(targets), step):
-            stop = min(start + step, len(targets))
+        ranks = []
+        for start in range(lo, lo + max(per_rank, 1), step):
+            start, stop = min(start, hi), min(start + step, hi)
             with autocast(self.config.device, self.config.amp):
                 hidden = model.predict_hidden(hist[start:stop], device)
             sub = (indptr[start : stop + 1] - indptr[start], items[indptr[start] : indptr[stop]])
-            ranks.append(target_rank(
-                hidden.float(), model.item_table.float(), torch.as_tensor(targets[start:stop], device=device),
-                exclude=sub, **model.head.options._asdict(),
-            ))
-        out = metrics_from_ranks(torch.cat(ranks))
+            ranks.append(self._rank(model, hidden.float(), torch.as_tensor(targets[start:stop], device=device), sub))
+        ranks = torch.cat(ranks)
+        out = metrics_from_ranks(runtime.gather_ranks(ranks) if world > 1 else ranks)
         out["exclude_history"] = self.config.exclude_history
         return out
+
+    @staticmethod
+    def _rank(model, hidden, targets, exclude):
+        if model.sharded:
+            return sharded_target_rank(hidden, model.item_table.float(), targets, shard_start=model.table_rows[0],
+                                       num_items=model.num_items + 1, exclude=exclude, **model.head.options._asdict())
+        return target_rank(hidden, model.item_table.float(), targets, exclude=exclude, **model.head.options._asdict())
 
 
 def autocast(device, amp: bool | None = None):
@@ -109,10 +121,13 @@ class TrainStep:
 
     PHASES = ("backbone forward", "head forward", "backward", "optimizer")
 
-    def __init__(self, model, optimizer, device, amp: bool | None = None, head=None):
+    def __init__(self, model, optimizer, device, amp: bool | None = None, head=None, replicated=None):
         self.model, self.optimizer = model, optimizer
         self.device, self.amp = device, amp
         self.head = head or model.head_loss
+        # Parameters every rank holds a copy of (the backbone, in a distributed
+        # run): their gradients are averaged over ranks before the step.
+        self.replicated = list(replicated or [])
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, phase=_no_phase) -> torch.Tensor:
         with autocast(self.device, self.amp):
@@ -123,6 +138,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         with phase("backward"):
             loss.backward()
+            if self.replicated:
+                runtime.average_gradients(self.replicated)
         with phase("optimizer"):
             self.optimizer.step()
         return loss.detach()
@@ -146,16 +163,22 @@ class Trainer:
         self.split = split
         self.config = config
         self.out_dir = Path(out_dir) if out_dir else None
+        self.rank, self.world = runtime.rank_world()
         torch.manual_seed(config.seed)
         self.model = build_model(
             config.model, split.num_items, dim=config.dim, max_len=config.max_len, normalize=config.normalize,
-            temperature=config.temperature, loss_on=config.loss_on, impl=config.impl, **config.model_options,
+            temperature=config.temperature, loss_on=config.loss_on, impl=config.impl, sharded=self.world > 1,
+            **config.model_options,
         ).to(config.device)
         if item_init is not None:
             self.model.init_items(item_init, freeze=config.freeze_items)
+        replicated = [p for name, p in self.model.named_parameters() if not name.startswith("head.")]
+        if self.world > 1:
+            runtime.broadcast_parameters(replicated)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.step = TrainStep(self.model, self.optimizer, config.device, config.amp)
+        self.step = TrainStep(self.model, self.optimizer, config.device, config.amp,
+                              replicated=replicated if self.world > 1 else None)
         self.train_sequences = [s for s in split.train if len(s) >= 2]
         self.valid = _Evaluator(split.valid, config)
         self.test = _Evaluator(split.test, config)
@@ -169,9 +192,14 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, self.epoch])  # order depends on (seed, epoch) only: exact resume
         order = rng.permutation(len(self.train_sequences))
         losses, step_times = [], []
-        batches = range(0, len(order), cfg.batch_size)
-        for start in tqdm(batches, desc=f"epoch {self.epoch + 1}", leave=False, disable=None):
-            seqs = [self.train_sequences[i] for i in order[start : start + cfg.batch_size]]
+        # In a distributed run each rank takes its part of every batch, so a
+        # step sees batch_size sequences in all, as one process does; a last
+        # batch too small to give every rank one sequence is dropped.
+        batches = range(0, len(order) - self.world + 1, cfg.batch_size)
+        show = None if self.rank == 0 else True  # None: tqdm decides (off without a terminal)
+        for start in tqdm(batches, desc=f"epoch {self.epoch + 1}", leave=False, disable=show):
+            batch = order[start : start + cfg.batch_size]
+            seqs = [self.train_sequences[i] for i in np.array_split(batch, self.world)[self.rank]]
             inputs, targets = self.model.make_batch(seqs, rng)
             tic = time.perf_counter()
             loss = self.step(inputs.to(cfg.device), targets.to(cfg.device))
@@ -213,9 +241,21 @@ class Trainer:
             **(info or {}),
         }
         if self.out_dir:
-            (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-            torch.save(self.model.state_dict(), self.out_dir / "best_model.pt")
+            if self.rank == 0:
+                (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            torch.save(self.model.state_dict(), self.out_dir / self._per_rank("best_model.pt"))
         return result
+
+    def _per_rank(self, name: str) -> str:
+        """One file per rank in a distributed run (each holds its own shard)."""
+        if self.world == 1:
+            return name
+        stem, suffix = name.rsplit(".", 1)
+        return f"{stem}.rank{self.rank}-of-{self.world}.{suffix}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / self._per_rank("checkpoint.pt")
 
     def _run_epoch(self) -> None:
         tic = time.perf_counter()
@@ -227,7 +267,8 @@ class Trainer:
         self.epoch += 1
         row["epoch"] = self.epoch
         self.history.append(row)
-        log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
+        if self.rank == 0:
+            log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
         if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
             self.best = {"NDCG@10": row["valid"]["NDCG@10"], "epoch": self.epoch,
                          "state": copy.deepcopy(self.model.state_dict())}
@@ -235,7 +276,7 @@ class Trainer:
         self.save_checkpoint()
 
     def _write_epoch(self, row):
-        if self.out_dir:
+        if self.out_dir and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "epochs.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -243,10 +284,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.out_dir:
             return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
             "best": self.best, "history": self.history, "rng": _rng_state(),
-        }, self.out_dir / "checkpoint.pt")
+        }, self.checkpoint_path)
 
     def load_checkpoint(self, path) -> None:
         state = torch.load(path, map_location=self.config.device, weights_only=False)

@@ -180,11 +180,19 @@ class ShardedNormalizedSoftmaxHead(nn.Module):
         self.padding_idx, self.impl = padding_idx, impl
         self.shard_start, self.shard_stop = shard_range(num_items, rank, world)
         self.weight = nn.Parameter(torch.empty(self.shard_stop - self.shard_start, dim, device=device, dtype=dtype))
-        nn.init.normal_(self.weight, std=dim**-0.5)
+        self.reset_parameters(std=dim**-0.5)
         if padding_idx is not None and self.owns(padding_idx):
             with torch.no_grad():
                 self.weight[padding_idx - self.shard_start].zero_()
             self.weight.register_hook(self._zero_padding_grad)
+
+    def reset_parameters(self, std: float) -> None:
+        """Normal(0, std) rows drawn for the whole table, this rank keeping its
+        own: the random stream advances as it does for the one-process table,
+        so every rank's later draws (the backbone's) match a one-process run's."""
+        with torch.no_grad():
+            full = torch.empty(self.num_items, self.dim, dtype=self.weight.dtype).normal_(0.0, std)
+            self.weight.copy_(full[self.shard_start : self.shard_stop])
 
     def owns(self, item: int) -> bool:
         return self.shard_start <= item < self.shard_stop

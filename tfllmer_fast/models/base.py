@@ -7,8 +7,10 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed
 from torch import Tensor, nn
 
+from ..distributed import ShardedNormalizedSoftmaxHead
 from ..head import NormalizedSoftmaxHead
 from ..options import DEFAULT_TEMPERATURE
 
@@ -35,7 +37,8 @@ class SequentialRecommender(nn.Module):
     """
 
     def __init__(self, num_items: int, dim: int, max_len: int, *, normalize: bool = True,
-                 temperature: float = DEFAULT_TEMPERATURE, loss_on: str = "all", impl: str = "auto"):
+                 temperature: float = DEFAULT_TEMPERATURE, loss_on: str = "all", impl: str = "auto",
+                 sharded: bool = False):
         super().__init__()
         if loss_on not in ("all", "last"):
             raise ValueError(f"loss_on must be 'all' or 'last', got {loss_on!r}")
@@ -43,20 +46,41 @@ class SequentialRecommender(nn.Module):
         self.dim = dim
         self.max_len = max_len
         self.loss_on = loss_on
-        self.head = NormalizedSoftmaxHead(
+        # sharded: the table is split over torch.distributed ranks (catalog
+        # parallelism); this rank holds rows [head.shard_start, head.shard_stop).
+        self.sharded = sharded
+        head_type = ShardedNormalizedSoftmaxHead if sharded else NormalizedSoftmaxHead
+        self.head = head_type(
             num_items + 1, dim, temperature=temperature if normalize else 1.0,
             normalize_items=normalize, padding_idx=PAD, impl=impl,
         )
         # Unit-norm-sized rows, like the pca/recpca initializations below.
-        with torch.no_grad():
-            self.head.weight.normal_(0.0, 1.0 / math.sqrt(dim))
-            self.head.weight[PAD].zero_()
+        if sharded:
+            self.head.reset_parameters(std=1.0 / math.sqrt(dim))
+        else:
+            with torch.no_grad():
+                self.head.weight.normal_(0.0, 1.0 / math.sqrt(dim))
+        self._zero_padding_row()
 
     @property
     def item_table(self) -> Tensor:
+        """The item table, or this rank's shard of it when ``sharded``."""
         return self.head.weight
 
+    @property
+    def table_rows(self) -> tuple[int, int]:
+        """[start, stop) of the global rows ``item_table`` holds."""
+        return (self.head.shard_start, self.head.shard_stop) if self.sharded else (0, self.num_items + 1)
+
+    def _zero_padding_row(self) -> None:
+        start, stop = self.table_rows
+        if start <= PAD < stop:
+            with torch.no_grad():
+                self.head.weight[PAD - start].zero_()
+
     def embed_items(self, seq: Tensor) -> Tensor:
+        if self.sharded:
+            return self.head.embed(seq)
         return nn.functional.embedding(seq, self.item_table, padding_idx=PAD)
 
     def init_items(self, matrix, *, freeze: bool = False) -> None:
@@ -70,9 +94,11 @@ class SequentialRecommender(nn.Module):
         if not torch.isfinite(matrix).all():
             raise ValueError("item init matrix contains NaN or Inf")
         matrix = matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        full = torch.cat([matrix.new_zeros(1, self.dim), matrix])
+        start, stop = self.table_rows
         with torch.no_grad():
-            self.head.weight[1:] = matrix.to(self.head.weight)
-            self.head.weight[PAD].zero_()
+            self.head.weight.copy_(full[start:stop].to(self.head.weight))
+        self._zero_padding_row()
         self.head.weight.requires_grad_(not freeze)
 
     def encode(self, seq: Tensor) -> Tensor:
@@ -95,6 +121,15 @@ class SequentialRecommender(nn.Module):
         the head: on short-sequence data (Amazon: ~6 real positions of 50) the
         padding rows would otherwise be most of the head's work."""
         keep = targets != PAD
+        if self.sharded:
+            # Each rank's share of the global mean (its sum over the global row
+            # count, times the world size): averaged over ranks, as the gradients
+            # are, it is the one-process mean over the whole batch, however the
+            # real rows fall across ranks.
+            world = torch.distributed.get_world_size()
+            count = keep.sum()
+            torch.distributed.all_reduce(count)
+            return self.head(hidden[keep], targets[keep], reduction="sum") * (world / count.clamp_min(1))
         return self.head(hidden[keep], targets[keep])
 
     def prediction_input(self, histories) -> Tensor:
