@@ -101,3 +101,40 @@ def bad_setup_rank(rank, world, what):
     except ValueError as exc:
         return {"raised": str(exc)}
     return {"raised": None}
+
+
+def counted_ce_rank(rank, world, dtype, label_smoothing):
+    """Payload bytes this rank hands to collectives in one forward + backward
+    (the shard check runs first, uncounted, as it does once per set-up)."""
+    import torch.distributed as dist
+
+    hidden, table, targets, _, sizes = make_data(world, dtype, equal=True)
+    own = rows_of(rank, sizes)
+    start, stop = shard_range(N, rank, world)
+    h = hidden[own].clone().requires_grad_()
+    shard = table[start:stop].clone().requires_grad_()
+    run = lambda: sharded_normalized_softmax_ce(h, shard, targets[own], shard_start=start, num_items=N,  # noqa: E731
+                                                label_smoothing=label_smoothing).backward()
+    run()
+    counted = {"bytes": 0}
+    names = ("all_gather", "all_reduce", "all_to_all", "reduce_scatter", "scatter")
+    originals = {name: getattr(dist, name) for name in names}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            # gloo runs all-to-all as one scatter per source rank: its payload is
+            # the source's list (None on the receiving ranks).
+            payload = args[1] if name != "all_reduce" else args[0]
+            tensors = payload if isinstance(payload, (list, tuple)) else [payload] if payload is not None else []
+            counted["bytes"] += sum(t.numel() * t.element_size() for t in tensors)
+            return originals[name](*args, **kwargs)
+        return call
+
+    for name in originals:
+        setattr(dist, name, counting(name))
+    try:
+        run()
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return {"bytes": counted["bytes"], "rows": sizes[rank]}

@@ -89,3 +89,14 @@ def test_uninitialised_process_group_is_named():
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         tf.distributed.sharded_normalized_softmax_ce(torch.randn(2, 4), torch.randn(3, 4), torch.zeros(2).long(),
                                                     shard_start=0, num_items=3)
+
+
+@pytest.mark.parametrize("world,smoothing", [(2, 0.0), (3, 0.1)])
+def test_collective_bytes_match_the_formula(world, smoothing, tmp_path):
+    """What the ranks hand to collectives, counted, equals head_collective_bytes."""
+    from tfllmer_fast.distributed.volume import head_collective_bytes
+
+    got = run_workers(world, tmp_path, cases.counted_ce_rank, torch.float32, smoothing)
+    expected = head_collective_bytes(got[0]["rows"] * world, cases.D, world, hidden_bytes=4, grad_bytes=4,
+                                     label_smoothing=smoothing > 0)["total"]
+    assert [g["bytes"] for g in got] == [expected] * world
