@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 
@@ -65,6 +64,46 @@ def check_shards(shard_start: int, shard_rows: int, num_items: int, dim: int, li
     _CHECKED.add(key)
 
 
+class _GatherRows(torch.autograd.Function):
+    """(W, rows, ...) every rank's ``x``; backward sums each rank's slice of
+    the gradient over ranks and returns this rank's (a reduce-scatter; gloo,
+    which has none, all-reduces and slices: the same payload per rank)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == "gloo":
+            dist.all_reduce(grad, group=ctx.group)
+            return grad[dist.get_rank(ctx.group)], None
+        out = torch.empty_like(grad[0])
+        dist.reduce_scatter_tensor(out, grad, group=ctx.group)
+        return out, None
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; its gradient is the sum over ranks of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 def gather_rows(x: Tensor, group) -> tuple[Tensor, list[int]]:
     """All ranks' rows of ``x`` concatenated in rank order (differentiable: the
     gradient of each rank's rows comes back to that rank), and every rank's
@@ -73,18 +112,10 @@ def gather_rows(x: Tensor, group) -> tuple[Tensor, list[int]]:
     padded = x
     if max(sizes) != x.shape[0]:
         padded = torch.cat([x, x.new_zeros((max(sizes) - x.shape[0],) + tuple(x.shape[1:]))])
-    if x.requires_grad and torch.is_grad_enabled():
-        parts = dist_fn.all_gather(padded, group=group)
-    else:
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous(), group=group)
+    parts = _GatherRows.apply(padded, group)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sizes
 
 
 def all_reduce_sum(x: Tensor, group) -> Tensor:
     """Differentiable sum over ranks (its gradient is summed over ranks too)."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return dist_fn.all_reduce(x, group=group)
-    out = x.clone()
-    dist.all_reduce(out, group=group)
-    return out
+    return _AllReduceSum.apply(x, group)

@@ -20,9 +20,9 @@ def head_collective_bytes(batch: int, dim: int, world: int, *, hidden_bytes: int
         "targets all-gather": rows * 8,
         "partial lse all-gather": batch * 4,
         "target logit all-reduce": batch * 4,
-        "partial lse gradient (reduce-scatter / all-to-all)": world * batch * 4,
+        "partial lse gradient (reduce-scatter; all-reduce on gloo)": world * batch * 4,
         "target logit gradient all-reduce": batch * 4,
-        "query gradient (reduce-scatter / all-to-all)": world * rows * dim * grad_bytes,
+        "query gradient (reduce-scatter; all-reduce on gloo)": world * rows * dim * grad_bytes,
     }
     if label_smoothing:
         parts["table sum all-reduce, forward and backward"] = 2 * dim * 4
