@@ -64,7 +64,8 @@ setup(
         "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pandas"],
+        "test": ["pytest", "pytest-benchmark", "pandas", "matplotlib"],
+        "plot": ["matplotlib"],
         "bench": ["pytest-benchmark", "cut-cross-entropy", "liger-kernel"],
         "gpu": ["cupy-cuda12x"],
         "text": ["sentence-transformers"],

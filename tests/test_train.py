@@ -34,8 +34,14 @@ def test_fit_writes_metrics(small, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["HR@10"] == result["test"]["HR@10"]
     assert set(saved) >= {"valid", "test", "config", "split"} and saved["test"]["exclude_history"] is True
-    lines = (tmp_path / "epochs.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and "NDCG@10" in json.loads(lines[0])["valid"]
+    rows = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and "NDCG@10" in rows[1]["valid"]
+    # Row 0 is the initial table; every row has the diagnostics.
+    assert "valid" not in rows[0] and sum(rows[0]["diagnostics"]["norm_histogram"]["counts"]) == 60
+    for row in rows:
+        d = row["diagnostics"]
+        assert d["norm_disparity"] >= 1 and d["kappa_median"] >= 1 and 0 <= d["coherence_mean"] <= 1
+        assert d["queries"] > 0 and d["seconds"] >= 0
 
 
 def test_resume_is_exact(small, tmp_path):

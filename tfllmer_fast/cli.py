@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig, ItemInitConfig, RunConfig
-from .distributed.runtime import init_from_env, rank_world
+from .distributed.runtime import init_from_env, rank_world, shutdown
 from .limits import check_limit, describe_limit
 from .train import TrainConfig
 
@@ -117,8 +117,9 @@ def run_config_from(args) -> RunConfig:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train = TrainConfig(**{k: v for k, v in vars(args).items() if k in train_fields and k != "model_options"},
                         model_options={} if args.dropout is None else {"dropout": args.dropout})
+    init = getattr(args, "init", "recpca")  # ablate sets each run's own
     return RunConfig(DataConfig(args.path, args.split, args.k_core),
-                     ItemInitConfig(args.init, args.features, args.beta, args.top_k), train).validate()
+                     ItemInitConfig(init, args.features, args.beta, args.top_k), train).validate()
 
 
 def _train(args) -> int:
@@ -130,10 +131,26 @@ def _train(args) -> int:
     _existing_file("--features", config.items.features)
     if config.items.init != "random" and config.items.features is None:
         raise ValueError(f"--init {config.items.init} needs --features")
-    result = run(config, out_dir=args.out, resume=args.resume)
-    if rank_world()[0] != 0:
+    rank = rank_world()[0]
+    try:
+        result = run(config, out_dir=args.out, resume=args.resume)
+    except BaseException:
+        shutdown(wait=False)  # the other ranks may never reach a barrier
+        raise
+    shutdown()
+    if rank != 0:
         return 0
     print(json.dumps({"valid": result["valid"], "test": result["test"], "best_epoch": result["best_epoch"]}, indent=2))
+    return 0
+
+
+def _ablate(args) -> int:
+    from .ablation import run_ablation
+
+    config = run_config_from(args)
+    _existing_file("--data", config.data.path)
+    _existing_file("--features", config.items.features)
+    print(run_ablation(config, args.seeds, args.out, betas=args.betas, top_ks=args.top_ks).read_text())
     return 0
 
 
@@ -146,12 +163,65 @@ def _profile(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from .plots import load_run, plot_runs
+
+    labels = args.labels or [None] * len(args.runs)
+    if len(labels) != len(args.runs):
+        raise ValueError(f"--labels: {len(labels)} labels for {len(args.runs)} runs")
+    runs = [load_run(d, label) for d, label in zip(args.runs, labels)]
+    try:
+        print(plot_runs(runs, args.out))
+    except ImportError:
+        raise ValueError("plot needs matplotlib: pip install matplotlib") from None
+    return 0
+
+
 def _bench_report(args) -> int:
     from .bench_report import report
 
     _existing_file("file", args.file)
     print(report(args.file))
     return 0
+
+
+def _add_run_options(parser, *, ablation: bool) -> None:
+    """The options of one run (``train``), or of every run of an ablation,
+    which sets the initialization, the normalization and the seed itself."""
+    _option(parser, "--data", DataConfig, "path", "S3-Rec .txt or RecBole .inter file", required=True)
+    _option(parser, "--split", DataConfig, "split", "leave-one-out or chronological split")
+    _option(parser, "--k-core", DataConfig, "k_core", "keep users and items with at least k interactions (0: all)")
+    if not ablation:
+        _option(parser, "--init", ItemInitConfig, "init", "item table initialization")
+    _option(parser, "--features", ItemInitConfig, "features", ".npy/.pt matrix or item2attributes.json",
+            **({"required": True} if ablation else {}))
+    _option(parser, "--beta", ItemInitConfig, "beta", "Rec-PCA graph filter strength")
+    _option(parser, "--top-k", ItemInitConfig, "top_k", "neighbours per item in the co-occurrence graph")
+    _option(parser, "--model", TrainConfig, "model", "sequential backbone")
+    _option(parser, "--epochs", TrainConfig, "epochs", "most epochs")
+    _option(parser, "--patience", TrainConfig, "patience", "stop after this many epochs without a better valid NDCG@10")
+    _option(parser, "--batch-size", TrainConfig, "batch_size", "training sequences per step")
+    _option(parser, "--lr", TrainConfig, "lr", "Adam learning rate")
+    _option(parser, "--weight-decay", TrainConfig, "weight_decay", "Adam weight decay")
+    _option(parser, "--temperature", TrainConfig, "temperature", "logit temperature")
+    _option(parser, "--loss-on", TrainConfig, "loss_on", "positions that take the loss")
+    _option(parser, "--impl", TrainConfig, "impl", "head implementation")
+    _option(parser, "--diagnostics-sample", TrainConfig, "diagnostics_sample",
+            "validation queries for the per-epoch diagnostics in epochs.jsonl (0: off)")
+    _option(parser, "--diagnostics-m", TrainConfig, "diagnostics_m", "effective-set size for the diagnostics")
+    parser.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
+    parser.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
+    parser.add_argument("--include-history", dest="exclude_history", action="store_false",
+                        help="do not exclude the user's earlier items when ranking")
+    parser.add_argument("--device", default=_default_device(), help="torch device")
+    if ablation:
+        parser.add_argument("--out", default="runs/ablation", help="directory of the runs and the table")
+        return
+    _option(parser, "--seed", TrainConfig, "seed", "random seed")
+    parser.add_argument("--no-normalize", dest="normalize", action="store_false",
+                        help="plain dot-product head (the 'w/o norm' ablation)")
+    parser.add_argument("--out", default="runs/latest", help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,33 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", formatter_class=_Formatter,
                            help="train and evaluate a model; writes OUT/metrics.json")
-    _option(train, "--data", DataConfig, "path", "S3-Rec .txt or RecBole .inter file", required=True)
-    _option(train, "--split", DataConfig, "split", "leave-one-out or chronological split")
-    _option(train, "--k-core", DataConfig, "k_core", "keep users and items with at least k interactions (0: all)")
-    _option(train, "--init", ItemInitConfig, "init", "item table initialization")
-    _option(train, "--features", ItemInitConfig, "features", ".npy/.pt matrix or item2attributes.json")
-    _option(train, "--beta", ItemInitConfig, "beta", "Rec-PCA graph filter strength")
-    _option(train, "--top-k", ItemInitConfig, "top_k", "neighbours per item in the co-occurrence graph")
-    _option(train, "--model", TrainConfig, "model", "sequential backbone")
-    _option(train, "--epochs", TrainConfig, "epochs", "most epochs")
-    _option(train, "--patience", TrainConfig, "patience", "stop after this many epochs without a better valid NDCG@10")
-    _option(train, "--batch-size", TrainConfig, "batch_size", "training sequences per step")
-    _option(train, "--lr", TrainConfig, "lr", "Adam learning rate")
-    _option(train, "--weight-decay", TrainConfig, "weight_decay", "Adam weight decay")
-    _option(train, "--temperature", TrainConfig, "temperature", "logit temperature")
-    _option(train, "--loss-on", TrainConfig, "loss_on", "positions that take the loss")
-    _option(train, "--seed", TrainConfig, "seed", "random seed")
-    _option(train, "--impl", TrainConfig, "impl", "head implementation")
-    train.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
-    train.add_argument("--no-normalize", dest="normalize", action="store_false",
-                       help="plain dot-product head (the 'w/o norm' ablation)")
-    train.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
-    train.add_argument("--include-history", dest="exclude_history", action="store_false",
-                       help="do not exclude the user's earlier items when ranking")
-    train.add_argument("--device", default=_default_device(), help="torch device")
-    train.add_argument("--out", default="runs/latest", help="run directory")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    _add_run_options(train, ablation=False)
     train.set_defaults(func=_train)
+
+    ablate = sub.add_parser("ablate", formatter_class=_Formatter,
+                            help="random / PCA / Rec-PCA (TF-LLMER) / Rec-PCA w/o norm over seeds; "
+                                 "writes OUT/ablation.md")
+    _add_run_options(ablate, ablation=True)
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per variant and seed")
+    ablate.add_argument("--betas", type=float, nargs="*", default=[], help="also TF-LLMER at these betas")
+    ablate.add_argument("--top-ks", type=_int_at_least(1), nargs="*", default=[],
+                        help="also TF-LLMER with these graph sizes")
+    ablate.set_defaults(func=_ablate)
 
     prof = sub.add_parser("profile", formatter_class=_Formatter, help="time the phases of a few training steps")
     prof.add_argument("--data", required=True, help="S3-Rec .txt or RecBole .inter file")
@@ -215,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--device", default=_default_device(), help="torch device")
     prof.add_argument("--trace", help="write a Chrome trace (torch.profiler) to this file")
     prof.set_defaults(func=_profile)
+
+    plot = sub.add_parser("plot", formatter_class=_Formatter,
+                          help="loss, NDCG@10 and diagnostics per epoch of one or more runs, as a PNG")
+    plot.add_argument("runs", nargs="+", help="run directories (each with epochs.jsonl)")
+    plot.add_argument("--out", default="runs.png", help="image file to write")
+    plot.add_argument("--labels", nargs="+", help="one legend label per run (default: the directory names)")
+    plot.set_defaults(func=_plot)
 
     rep = sub.add_parser("bench-report", formatter_class=_Formatter,
                          help="markdown tables from a pytest-benchmark JSON file")

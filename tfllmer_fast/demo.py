@@ -73,7 +73,7 @@ def format_head_demo(rows: list[dict], num_items: int, batch: int, dim: int, dty
 # interactions alone, their features carry them, which is what Rec-PCA is for.
 DEMO_DATA = dict(num_users=600, num_items=4000, clusters=200, max_len=20, seed=0)
 DEMO_TRAIN = dict(model="sasrec", max_len=20, batch_size=64, lr=3e-3, epochs=40, patience=3, seed=0,
-                  model_options={"dropout": 0.2})
+                  diagnostics_sample=0, model_options={"dropout": 0.2})
 
 
 def training_demo(*, epochs: int | None = None, device: str = "cpu") -> list[dict]:

@@ -21,6 +21,7 @@ from .distributed.sharded_ranking import sharded_target_rank
 from .limits import bounded, validate_fields
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
+from .monitor import TableMonitor
 from .ops.ranking import target_rank
 from .options import DEFAULT_TEMPERATURE
 
@@ -50,7 +51,9 @@ class TrainConfig:
     amp: bool | None = None  # None: bf16 autocast on CUDA only
     eval_batch_size: int = bounded(2048, 1)
     exclude_history: bool = True
-    impl: str = bounded("auto", choices=("auto", "triton", "torch"))
+    impl: str = bounded("auto", choices=("auto", "triton", "chunked", "torch"))
+    diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
+    diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
     model_options: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -185,6 +188,12 @@ class Trainer:
         self.epoch = 0
         self.best = {"NDCG@10": -1.0, "epoch": 0, "state": None}
         self.history: list[dict] = []
+        # The diagnostics need the whole table: one process only.
+        self.monitor = None
+        if config.diagnostics_sample and self.world == 1:
+            self.monitor = TableMonitor(split.valid, sample=config.diagnostics_sample, m=config.diagnostics_m,
+                                        seed=config.seed, device=config.device,
+                                        exclude_history=config.exclude_history)
 
     def train_epoch(self) -> dict:
         cfg = self.config
@@ -215,6 +224,9 @@ class Trainer:
         finished epoch, so ``--resume`` continues from there."""
         cfg = self.config
         interrupted = False
+        if self.epoch == 0 and self.monitor is not None:
+            # Row 0: the table as initialized, before any training step.
+            self._write_epoch({"epoch": 0, "diagnostics": self.monitor(self.model, with_norm_histogram=True)})
         try:
             while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
                 self._run_epoch()
@@ -264,6 +276,8 @@ class Trainer:
         tic = time.perf_counter()
         row["valid"] = self.valid(self.model)
         row["valid_s"] = time.perf_counter() - tic
+        if self.monitor is not None:
+            row["diagnostics"] = self.monitor(self.model)
         self.epoch += 1
         row["epoch"] = self.epoch
         self.history.append(row)

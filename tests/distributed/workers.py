@@ -38,6 +38,10 @@ def _entry(rank, world, store, out_dir, target, args):
         result = target(rank, world, *args)
     except Exception:  # the parent reports it with the rank
         result = {"error": traceback.format_exc()}
-    finally:
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
     dist.destroy_process_group()
+    # Skip the interpreter's teardown: a gloo thread still being destroyed
+    # there has aborted a worker ("terminate called without an active
+    # exception") after its results were written.
+    os._exit(0)

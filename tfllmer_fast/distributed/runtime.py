@@ -30,6 +30,15 @@ def init_from_env(device: str) -> str:
     return device
 
 
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (before the interpreter tears down, so no
+    communication thread outlives it); ``wait`` first lets every rank finish."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def broadcast_parameters(params, src: int = 0) -> None:
     """Start every rank from rank ``src``'s values (what DDP does at wrap time)."""
     with torch.no_grad():
