@@ -12,7 +12,25 @@ from .options import DEFAULT_TEMPERATURE, HeadOptions
 from .reference.normalized_ce import normalized_logits
 
 
-class NormalizedSoftmaxHead(nn.Module):
+class HeadOptionsView:
+    """The heads' ``HeadOptions`` fields as read-only attributes."""
+
+    options: HeadOptions
+
+    @property
+    def temperature(self) -> float:
+        return self.options.temperature
+
+    @property
+    def normalize_items(self) -> bool:
+        return self.options.normalize_items
+
+    @property
+    def normalize_hidden(self) -> bool:
+        return self.options.normalize_hidden
+
+
+class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
     """Output head over ``num_items`` items with an owned (shareable) item table.
 
     ``forward(hidden, targets)`` is ``normalized_softmax_ce(hidden, self.weight,
@@ -88,18 +106,6 @@ class NormalizedSoftmaxHead(nn.Module):
     def scores(self, hidden: Tensor) -> Tensor:
         """Dense logits (..., num_items), for small catalogs and debugging."""
         return normalized_logits(hidden, self.weight, **self.options._asdict())
-
-    @property
-    def temperature(self) -> float:
-        return self.options.temperature
-
-    @property
-    def normalize_items(self) -> bool:
-        return self.options.normalize_items
-
-    @property
-    def normalize_hidden(self) -> bool:
-        return self.options.normalize_hidden
 
     def extra_repr(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in self.options._asdict().items())

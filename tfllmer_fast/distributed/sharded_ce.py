@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..head import HeadOptionsView
 from ..ops import _checks
-from ..ops.normalized_ce import REDUCTIONS, NormalizedCEOutput, normalized_softmax_ce
+from ..ops.normalized_ce import REDUCTIONS, NormalizedCEOutput, normalized_softmax_ce, reduce_rows
 from ..options import DEFAULT_TEMPERATURE, HeadOptions, LossOptions
 from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world, shard_range
 
@@ -132,7 +133,7 @@ def sharded_normalized_softmax_ce(
         row_loss = row_loss - (loss_opts.label_smoothing / num_items) * (h_scaled @ table_sum)
     own = slice(offset, offset + h_own.shape[0])
     rows = torch.where(valid_own, row_loss[own], 0.0)
-    loss = _reduce(rows, valid_own, weight, reduction, targets.shape)
+    loss = reduce_rows(rows, t_own, weight, loss_opts.ignore_index, reduction, targets.shape)
     if return_lse:
         return NormalizedCEOutput(loss, lse[own].reshape(targets.shape))
     return loss
@@ -150,18 +151,7 @@ def _scaled_queries(hidden: Tensor, head: HeadOptions) -> Tensor:
     return h / head.temperature
 
 
-def _reduce(rows, valid, weight, reduction, shape):
-    if weight is not None:
-        rows = rows * weight.reshape(-1).to(rows.dtype)
-    if reduction == "none":
-        return rows.reshape(shape)
-    if reduction == "sum":
-        return rows.sum()
-    w = valid.to(rows.dtype) if weight is None else valid * weight.reshape(-1).to(rows.dtype)
-    return rows.sum() / w.sum()
-
-
-class ShardedNormalizedSoftmaxHead(nn.Module):
+class ShardedNormalizedSoftmaxHead(HeadOptionsView, nn.Module):
     """``NormalizedSoftmaxHead`` with its table sharded over ``process_group``:
     this rank holds rows ``[shard_start, shard_stop)`` (``shard_range``) as
     ``weight``. ``forward(hidden, targets)`` is ``sharded_normalized_softmax_ce``;
@@ -201,18 +191,6 @@ class ShardedNormalizedSoftmaxHead(nn.Module):
         grad = grad.clone()
         grad[self.padding_idx - self.shard_start] = 0
         return grad
-
-    @property
-    def temperature(self) -> float:
-        return self.options.temperature
-
-    @property
-    def normalize_items(self) -> bool:
-        return self.options.normalize_items
-
-    @property
-    def normalize_hidden(self) -> bool:
-        return self.options.normalize_hidden
 
     def forward(self, hidden: Tensor, targets: Tensor, *, weight: Tensor | None = None, reduction: str = "mean",
                 label_smoothing: float = 0.0, return_lse: bool = False):

@@ -105,3 +105,16 @@ def raise_on_non_finite(name: str, x: torch.Tensor) -> None:
 
 def _kernels_serve(dim: int, device: torch.device, dtype: torch.dtype) -> bool:
     return kernels().serves_width(dim, device, dtype)
+
+
+def check_rows(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+               check_inputs: bool) -> None:
+    """The plain-torch paths' input checks: targets always on CPU (free of
+    device syncs there), and on CUDA with NaN/Inf too when ``check_inputs``."""
+    if torch.compiler.is_compiling():
+        return
+    if check_inputs or hidden.device.type == "cpu":
+        raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index)
+    if check_inputs:
+        raise_on_non_finite("hidden", hidden)
+        raise_on_non_finite("item_emb", item_emb)

@@ -121,7 +121,7 @@ def normalized_softmax_ce(
     else:
         rows, lse = _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size)
 
-    loss = _reduce(rows, t1, weight, loss_opts.ignore_index, reduction, targets.shape)
+    loss = reduce_rows(rows, t1, weight, loss_opts.ignore_index, reduction, targets.shape)
     if return_lse:
         return NormalizedCEOutput(loss, lse.reshape(targets.shape))
     return loss
@@ -129,12 +129,7 @@ def normalized_softmax_ce(
 
 def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size, shape):
     N = item_emb.shape[0]
-    if not torch.compiler.is_compiling():
-        if check_inputs or h2.device.type == "cpu":
-            _checks.raise_on_invalid_targets(t1, N, loss_opts.ignore_index)
-        if check_inputs:
-            _checks.raise_on_non_finite("hidden", h2)
-            _checks.raise_on_non_finite("item_emb", item_emb)
+    _checks.check_rows(h2, item_emb, t1, loss_opts.ignore_index, check_inputs)
     valid = t1 != loss_opts.ignore_index
     bad = _checks.invalid_targets(t1, N, loss_opts.ignore_index)
     work = torch.float64 if h2.dtype == torch.float64 else torch.float32
@@ -162,12 +157,7 @@ def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, c
 def _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size):
     N = item_emb.shape[0]
     ignore_index = loss_opts.ignore_index
-    if not torch.compiler.is_compiling():
-        if check_inputs or h2.device.type == "cpu":
-            _checks.raise_on_invalid_targets(t1, N, ignore_index)
-        if check_inputs:
-            _checks.raise_on_non_finite("hidden", h2)
-            _checks.raise_on_non_finite("item_emb", item_emb)
+    _checks.check_rows(h2, item_emb, t1, ignore_index, check_inputs)
     bad = _checks.invalid_targets(t1, N, ignore_index)
     rows, lse = normalized_ce_rows(
         h2, item_emb, torch.where(bad, 0, t1), **head._asdict(), **loss_opts._asdict(), chunk_size=chunk_size
@@ -175,7 +165,8 @@ def _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size):
     return torch.where(bad, float("nan"), rows), lse
 
 
-def _reduce(rows, t1, weight, ignore_index, reduction, shape):
+def reduce_rows(rows, t1, weight, ignore_index, reduction, shape):
+    """The per-row losses reduced as ``reduction`` says (a weighted mean over non-ignored rows for "mean")."""
     if weight is not None:
         rows = rows * weight.reshape(-1).to(rows.dtype)
     if reduction == "none":
