@@ -14,6 +14,13 @@ from .metrics import exclusion_csr
 NORM_BINS = 30
 
 
+def _finite_or_none(value) -> float | None:
+    """None (JSON null) where the value is NaN: epochs.jsonl stays strict JSON
+    that jq, pandas and browsers all read."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
 class TableMonitor:
     """``monitor(model) -> dict``: norm disparity and effective rank of the item
     table (padding row left out), and over ``sample`` validation queries the
@@ -46,7 +53,7 @@ class TableMonitor:
             "coherence_max": float(stats.coherence.max()),
             "kappa_median": float(kappa.median()),
             "kappa_p90": float(torch.quantile(kappa, 0.9)),
-            "gershgorin_median": float(stats.gershgorin.double().nanmedian()),
+            "gershgorin_median": _finite_or_none(stats.gershgorin.double().nanmedian()),
             "queries": len(self.rows),
             "m": self.m,
         }
