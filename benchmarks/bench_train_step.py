@@ -16,7 +16,7 @@ from tfllmer_fast.models import build_model
 from tfllmer_fast.models.base import PAD
 from tfllmer_fast.reference import plain_normalized_ce
 from tfllmer_fast.timing import peak_extra_memory, synchronize
-from tfllmer_fast.train import TrainStep
+from tfllmer_fast.train import TrainConfig, TrainStep, make_optimizer
 
 from .common import DATASET_STATS, GPU, NO_GPU_REASON, device_name, synthetic_interactions
 
@@ -24,7 +24,7 @@ from .common import DATASET_STATS, GPU, NO_GPU_REASON, device_name, synthetic_in
 def _step_fn(head, num_items, batch, device, amp):
     torch.manual_seed(0)
     model = build_model("sasrec", num_items, dim=64, max_len=50).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, TrainConfig())
     users = min(batch * 4, 20_000)
     indptr, items = synthetic_interactions(users, num_items, users * 20, min_length=51)
     seqs = [items[indptr[u] : indptr[u + 1]].astype(np.int64) for u in range(batch)]

@@ -160,3 +160,46 @@ def test_train_step_is_the_trainers_step(small):
     assert losses[0] == losses[1]
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_item_table_steps_at_its_own_learning_rate(small):
+    """Adam's first step moves each coordinate by its group's rate (the sign of
+    the gradient times the rate): the table by item_lr, the backbone by lr."""
+    from tfllmer_fast.models import build_model
+    from tfllmer_fast.train import make_optimizer
+
+    data, _ = small
+    seqs = [s for s in leave_one_out(data).train if len(s) >= 2][:16]
+    torch.manual_seed(0)
+    model = build_model("sasrec", data.num_items, dim=16, max_len=10, dropout=0.0)
+    opt = make_optimizer(model, TrainConfig(lr=1e-3, item_lr=5e-3))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    inputs, targets = model.make_batch(seqs, np.random.default_rng(0))
+    opt.zero_grad()
+    model.loss(inputs, targets).backward()
+    opt.step()
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()}
+    assert moved.pop("head.weight") == pytest.approx(5e-3, rel=1e-3)
+    assert max(moved.values()) == pytest.approx(1e-3, rel=1e-3)
+
+    model.item_table.requires_grad_(False)  # --freeze-items: the table is not optimized at all
+    frozen = make_optimizer(model, TrainConfig(lr=1e-3, item_lr=5e-3))
+    assert all(p is not model.item_table for g in frozen.param_groups for p in g["params"])
+
+
+def test_table_rate_defaults_to_a_multiple_for_random_tables_only(small):
+    from tfllmer_fast.train import RANDOM_TABLE_LR_SCALE
+
+    data, features = small
+    sp = leave_one_out(data)
+    config = TrainConfig(dim=16, max_len=10, lr=2e-3, diagnostics_sample=0)
+    init = item_embeddings("pca", sp, features, 16)
+    for item_init, expected in ((None, RANDOM_TABLE_LR_SCALE * 2e-3), (init, 2e-3)):
+        trainer = Trainer(sp, config, item_init=item_init)
+        table = trainer.model.item_table
+        table_group = [g for g in trainer.optimizer.param_groups if any(p is table for p in g["params"])]
+        assert [g["lr"] for g in table_group] == [pytest.approx(expected)]
+    assert TrainConfig(item_lr=5e-4).table_lr(from_features=False) == 5e-4  # an explicit rate wins
+    with pytest.raises(ValueError, match="item_lr must be >= 0"):
+        TrainConfig(item_lr=-1.0).validate()

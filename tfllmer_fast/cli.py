@@ -22,7 +22,7 @@ import torch
 from .config import DataConfig, ItemInitConfig, RunConfig
 from .distributed.runtime import init_from_env, rank_world, shutdown
 from .limits import check_limit, describe_limit
-from .train import TrainConfig
+from .train import RANDOM_TABLE_LR_SCALE, TrainConfig
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 USAGE_EXIT = 2
@@ -36,7 +36,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_EXIT, f"error: {self.prog}: {message}\n")
 
 
-_Formatter = argparse.ArgumentDefaultsHelpFormatter
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except None: such an option's help says what it means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _default_device() -> str:
@@ -63,11 +67,12 @@ def _checked_type(f: dataclasses.Field, kind):
     return parse
 
 
-def _option(parser, flag: str, cls, name: str, help: str, **kwargs) -> None:
-    """``flag`` for the dataclass field ``cls.name``: its default, its type and
-    its allowed range, all read from the field."""
+def _option(parser, flag: str, cls, name: str, help: str, kind=None, **kwargs) -> None:
+    """``flag`` for the dataclass field ``cls.name``: its default, its type
+    (``kind`` where the default is None) and its allowed range, all read from
+    the field."""
     f = _field(cls, name)
-    kind = type(f.default) if f.default is not None else str
+    kind = kind or (type(f.default) if f.default is not None else str)
     limit = describe_limit(f)
     if f.metadata.get("choices"):
         kwargs.setdefault("choices", f.metadata["choices"])
@@ -201,7 +206,9 @@ def _add_run_options(parser, *, ablation: bool) -> None:
     _option(parser, "--epochs", TrainConfig, "epochs", "most epochs")
     _option(parser, "--patience", TrainConfig, "patience", "stop after this many epochs without a better valid NDCG@10")
     _option(parser, "--batch-size", TrainConfig, "batch_size", "training sequences per step")
-    _option(parser, "--lr", TrainConfig, "lr", "Adam learning rate")
+    _option(parser, "--lr", TrainConfig, "lr", "Adam learning rate of the backbone")
+    _option(parser, "--item-lr", TrainConfig, "item_lr", "Adam learning rate of the item table "
+            f"(default: {RANDOM_TABLE_LR_SCALE:g} x --lr for a random table, --lr for one from features)", kind=float)
     _option(parser, "--weight-decay", TrainConfig, "weight_decay", "Adam weight decay")
     _option(parser, "--temperature", TrainConfig, "temperature", "logit temperature")
     _option(parser, "--loss-on", TrainConfig, "loss_on", "positions that take the loss")

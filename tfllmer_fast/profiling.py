@@ -12,7 +12,7 @@ import torch
 from .data import read_interactions, split
 from .models import build_model
 from .timing import synchronize
-from .train import TrainStep
+from .train import TrainConfig, TrainStep, make_optimizer
 
 PHASES = ("data",) + TrainStep.PHASES
 
@@ -23,7 +23,7 @@ def profile_training(data_path, *, model: str = "sasrec", steps: int = 10, batch
     synchronization; optionally export a torch.profiler Chrome trace."""
     sp = split(read_interactions(data_path), "loo")
     net = build_model(model, sp.num_items, impl=impl).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = make_optimizer(net, TrainConfig())
     rng = np.random.default_rng(0)
     seqs = [s for s in sp.train if len(s) >= 2]
     dev = torch.device(device)
