@@ -36,3 +36,16 @@ def test_profile_command(tmp_path, capsys):
         assert phase in out
     assert trace.exists() and json.loads(trace.read_text())
     assert np.isfinite(float(out.split("ms/step")[0].split(",")[-1]))
+
+
+def test_demo_reading_follows_the_numbers():
+    from tfllmer_fast.demo import format_training_demo
+
+    def row(init, ndcg, best):
+        return {"init": init, "HR@10": 0.5, "NDCG@10": ndcg, "best_epoch": best, "epochs_run": best + 3,
+                "seconds": 1.0, "users": 600, "items": 4000}
+
+    won = format_training_demo([row("random", 0.42, 8), row("recpca", 0.45, 13)]).splitlines()[-1]
+    assert "0.450 vs 0.420 (best epochs 13 and 8)" in won and "features carry" in won
+    lost = format_training_demo([row("random", 0.45, 8), row("recpca", 0.42, 13)]).splitlines()[-1]
+    assert "did not help" in lost
