@@ -1,6 +1,6 @@
 """tfllmer_fast: fused GPU kernels for large-catalog sequential recommendation."""
 
-from . import distributed, graph, reference
+from . import distributed, graph, reference, spectral
 from .graph import RecPCAResult, pca, rec_pca
 from .head import NormalizedSoftmaxHead
 from .ops import NormalizedCEOutput, normalized_softmax_ce
@@ -24,5 +24,6 @@ __all__ = [
     "pca",
     "RecPCAResult",
     "reference",
+    "spectral",
     "__version__",
 ]

@@ -1,6 +1,7 @@
-"""Item co-occurrence graph, its normalization and Rec-PCA (NumPy, C++ and CuPy backends)."""
+"""Item co-occurrence graph, its normalization, Rec-PCA and user-item graph distances (NumPy, C++ and CuPy backends)."""
 
 from .adjacency import normalized_adjacency
+from .bipartite import within_distance
 from .builder import cooccurrence
 from .chebyshev import chebyshev_coefficients, truncation_bound
 from .rec_pca import RecPCAResult, pca, rec_pca
@@ -8,6 +9,7 @@ from .rec_pca import RecPCAResult, pca, rec_pca
 __all__ = [
     "cooccurrence",
     "normalized_adjacency",
+    "within_distance",
     "rec_pca",
     "pca",
     "RecPCAResult",
