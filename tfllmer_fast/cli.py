@@ -216,6 +216,8 @@ def _add_run_options(parser, *, ablation: bool) -> None:
     _option(parser, "--diagnostics-sample", TrainConfig, "diagnostics_sample",
             "validation queries for the per-epoch diagnostics in epochs.jsonl (0: off)")
     _option(parser, "--diagnostics-m", TrainConfig, "diagnostics_m", "effective-set size for the diagnostics")
+    _option(parser, "--head-share", TrainConfig, "head_share",
+            "share of the training interactions held by the head items (the rest are the long tail)")
     parser.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
     parser.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
     parser.add_argument("--include-history", dest="exclude_history", action="store_false",

@@ -19,6 +19,7 @@ from .data import EvalSet, Split
 from .distributed import runtime
 from .distributed.sharded_ranking import sharded_target_rank
 from .limits import bounded, validate_fields
+from .longtail import DEFAULT_HEAD_SHARE, head_mask, item_counts, split_metrics
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .monitor import TableMonitor
@@ -70,6 +71,7 @@ class TrainConfig:
     impl: str = bounded("auto", choices=("auto", "triton", "chunked", "torch"))
     diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
     diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
+    head_share: float = bounded(DEFAULT_HEAD_SHARE, 0.0, 1.0)  # training interactions the head items hold
     model_options: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -85,11 +87,13 @@ class TrainConfig:
 
 
 class _Evaluator:
-    """Full ranking of one EvalSet; the exclusion lists are built once."""
+    """Full ranking of one EvalSet; the exclusion lists are built once.
+    ``head`` (a bool per item id) splits the metrics into head and tail targets."""
 
-    def __init__(self, eval_set: EvalSet, config: TrainConfig):
+    def __init__(self, eval_set: EvalSet, config: TrainConfig, head):
         self.eval_set = eval_set
         self.config = config
+        self.head = head
         self._exclude = None
 
     @torch.no_grad()
@@ -114,7 +118,9 @@ class _Evaluator:
             sub = (indptr[start : stop + 1] - indptr[start], items[indptr[start] : indptr[stop]])
             ranks.append(self._rank(model, hidden.float(), torch.as_tensor(targets[start:stop], device=device), sub))
         ranks = torch.cat(ranks)
-        out = metrics_from_ranks(runtime.gather_ranks(ranks) if world > 1 else ranks)
+        ranks = (runtime.gather_ranks(ranks) if world > 1 else ranks).cpu().numpy()
+        out = metrics_from_ranks(ranks)
+        out["longtail"] = split_metrics(metrics_from_ranks, ranks, targets, self.head)
         out["exclude_history"] = self.config.exclude_history
         return out
 
@@ -216,8 +222,9 @@ class Trainer:
         self.step = TrainStep(self.model, self.optimizer, config.device, config.amp,
                               replicated=replicated if self.world > 1 else None)
         self.train_sequences = [s for s in split.train if len(s) >= 2]
-        self.valid = _Evaluator(split.valid, config)
-        self.test = _Evaluator(split.test, config)
+        head = head_mask(item_counts(split.train, split.num_items), config.head_share)
+        self.valid = _Evaluator(split.valid, config, head)
+        self.test = _Evaluator(split.test, config, head)
         self.epoch = 0
         self.best = {"NDCG@10": -1.0, "epoch": 0, "state": None}
         self.history: list[dict] = []
