@@ -218,6 +218,10 @@ def _add_run_options(parser, *, ablation: bool) -> None:
     _option(parser, "--diagnostics-m", TrainConfig, "diagnostics_m", "effective-set size for the diagnostics")
     _option(parser, "--head-share", TrainConfig, "head_share",
             "share of the training interactions held by the head items (the rest are the long tail)")
+    _option(parser, "--sam", TrainConfig, "sam", "sharpness-aware steps: off, plain SAM, or item-wise SAM (EISAM)")
+    _option(parser, "--sam-rho", TrainConfig, "sam_rho", "SAM perturbation radius")
+    _option(parser, "--sam-exponent", TrainConfig, "sam_exponent",
+            "item-wise SAM: radius ~ (training count + 1) ** -exponent")
     parser.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
     parser.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
     parser.add_argument("--include-history", dest="exclude_history", action="store_false",

@@ -24,6 +24,7 @@ from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .monitor import TableMonitor
 from .ops.ranking import target_rank
+from .optim import ItemwiseSAM, item_radius_scales
 from .options import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class TrainConfig:
     diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
     diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
     head_share: float = bounded(DEFAULT_HEAD_SHARE, 0.0, 1.0)  # training interactions the head items hold
+    sam: str = bounded("off", choices=("off", "sam", "itemwise"))  # sharpness-aware steps (tfllmer_fast.optim)
+    sam_rho: float = bounded(0.05, 0.0)  # SAM's perturbation radius
+    sam_exponent: float = bounded(0.5, 0.0)  # item-wise radius ~ (training count + 1) ** -exponent
     model_options: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -149,7 +153,9 @@ class TrainStep:
     training-step benchmark: backbone forward, head loss (under ``autocast``),
     backward, optimizer step. ``head(hidden, targets) -> loss`` defaults to the
     model's own ``head_loss``; ``phase(name)`` wraps each phase (the profiler
-    times them)."""
+    times them). With an ``ItemwiseSAM`` optimizer the forward and backward
+    run twice (at ``w`` with the item-wise row weights, then at ``w + eps``)
+    and the loss returned is the second one."""
 
     PHASES = ("backbone forward", "head forward", "backward", "optimizer")
 
@@ -162,29 +168,44 @@ class TrainStep:
         self.replicated = list(replicated or [])
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, phase=_no_phase) -> torch.Tensor:
-        with autocast(self.device, self.amp):
-            with phase("backbone forward"):
-                hidden = self.model.encode(inputs)
-            with phase("head forward"):
-                loss = self.head(hidden, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        with phase("backward"):
-            loss.backward()
-            if self.replicated:
-                runtime.average_gradients(self.replicated)
+        def forward_backward(row_weight=None):
+            with autocast(self.device, self.amp):
+                with phase("backbone forward"):
+                    hidden = self.model.encode(inputs)
+                with phase("head forward"):
+                    loss = (self.head(hidden, targets) if row_weight is None
+                            else self.head(hidden, targets, row_weight=row_weight))
+            self.optimizer.zero_grad(set_to_none=True)
+            with phase("backward"):
+                loss.backward()
+                if self.replicated:
+                    runtime.average_gradients(self.replicated)
+            return loss
+
+        if isinstance(self.optimizer, ItemwiseSAM):
+            return self.optimizer.step(forward_backward).detach()
+        loss = forward_backward()
         with phase("optimizer"):
             self.optimizer.step()
         return loss.detach()
 
 
-def make_optimizer(model, config: TrainConfig, *, from_features: bool = False) -> torch.optim.Adam:
+def make_optimizer(model, config: TrainConfig, *, from_features: bool = False, item_counts=None):
     """Adam over the trainable parameters: the item table (or this rank's
-    shard) at ``config.table_lr(from_features)``, everything else at ``config.lr``."""
+    shard) at ``config.table_lr(from_features)``, everything else at
+    ``config.lr``; wrapped in ``ItemwiseSAM`` when ``config.sam`` says so
+    (``item_counts``, the training count per item id, sets the item-wise radii)."""
     table = model.item_table
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and p is not table]}]
     if table.requires_grad:
         groups.append({"params": [table], "lr": config.table_lr(from_features)})
-    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    adam = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.sam == "off":
+        return adam
+    if config.sam == "itemwise" and item_counts is None:
+        raise ValueError("sam='itemwise' needs the training count of every item (item_counts)")
+    scales = item_radius_scales(item_counts, config.sam_exponent) if config.sam == "itemwise" else None
+    return ItemwiseSAM(adam, rho=config.sam_rho, scales=scales)
 
 
 def _rng_state():
@@ -218,11 +239,15 @@ class Trainer:
         if self.world > 1:
             runtime.broadcast_parameters(replicated)
         self.from_features = item_init is not None
-        self.optimizer = make_optimizer(self.model, config, from_features=self.from_features)
+        if config.sam != "off" and self.world > 1:
+            raise ValueError("sam: sharpness-aware training runs in one process (its perturbation needs the "
+                             "gradient norm over the whole table)")
+        counts = item_counts(split.train, split.num_items)
+        self.optimizer = make_optimizer(self.model, config, from_features=self.from_features, item_counts=counts)
         self.step = TrainStep(self.model, self.optimizer, config.device, config.amp,
                               replicated=replicated if self.world > 1 else None)
         self.train_sequences = [s for s in split.train if len(s) >= 2]
-        head = head_mask(item_counts(split.train, split.num_items), config.head_share)
+        head = head_mask(counts, config.head_share)
         self.valid = _Evaluator(split.valid, config, head)
         self.test = _Evaluator(split.test, config, head)
         self.epoch = 0

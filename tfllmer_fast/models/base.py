@@ -116,12 +116,15 @@ class SequentialRecommender(nn.Module):
     def loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return self.head_loss(self.encode(inputs), targets)
 
-    def head_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+    def head_loss(self, hidden: Tensor, targets: Tensor, row_weight=None) -> Tensor:
         """Mean cross-entropy over the non-padding targets. Only those rows go to
         the head: on short-sequence data (Amazon: ~6 real positions of 50) the
-        padding rows would otherwise be most of the head's work."""
+        padding rows would otherwise be most of the head's work.
+        ``row_weight(targets) -> (R,)`` weights the rows (a weighted mean)."""
         keep = targets != PAD
         if self.sharded:
+            if row_weight is not None:
+                raise ValueError("row weights are not supported with a sharded table")
             # Each rank's share of the global mean (its sum over the global row
             # count, times the world size): averaged over ranks, as the gradients
             # are, it is the one-process mean over the whole batch, however the
@@ -130,7 +133,8 @@ class SequentialRecommender(nn.Module):
             count = keep.sum()
             torch.distributed.all_reduce(count)
             return self.head(hidden[keep], targets[keep], reduction="sum") * (world / count.clamp_min(1))
-        return self.head(hidden[keep], targets[keep])
+        kept = targets[keep]
+        return self.head(hidden[keep], kept, weight=None if row_weight is None else row_weight(kept))
 
     def prediction_input(self, histories) -> Tensor:
         return torch.from_numpy(left_pad(histories, self.max_len))
