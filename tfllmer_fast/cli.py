@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .cf.train import CFConfig
 from .config import DataConfig, ItemInitConfig, RunConfig
 from .distributed.runtime import init_from_env, rank_world, shutdown
 from .limits import check_limit, describe_limit
@@ -159,6 +160,18 @@ def _ablate(args) -> int:
     return 0
 
 
+def _train_cf(args) -> int:
+    from .cf import run_cf
+    from .data import read_interactions
+
+    fields = {f.name for f in dataclasses.fields(CFConfig)}
+    config = CFConfig(**{k: v for k, v in vars(args).items() if k in fields}).validate()
+    _existing_file("--data", args.data)
+    result = run_cf(config, read_interactions(args.data), out_dir=args.out)
+    print(json.dumps({"valid": result["valid"], "test": result["test"], "best_epoch": result["best_epoch"]}, indent=2))
+    return 0
+
+
 def _profile(args) -> int:
     from .profiling import profile_training
 
@@ -274,6 +287,34 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--top-ks", type=_int_at_least(1), nargs="*", default=[],
                         help="also TF-LLMER with these graph sizes")
     ablate.set_defaults(func=_ablate)
+
+    cf = sub.add_parser("train-cf", formatter_class=_Formatter,
+                        help="collaborative filtering (MF / LightGCN; BPR, DirectSpec, DirectSpec+ or full softmax) "
+                             "on users' item sets; writes OUT/metrics.json")
+    cf.add_argument("--data", required=True, help="S3-Rec .txt or RecBole .inter file (order is ignored)")
+    for flag, name, text in (
+        ("--model", "model", "backbone"), ("--loss", "loss", "training loss"), ("--dim", "dim", "embedding width"),
+        ("--layers", "layers", "LightGCN propagation layers"), ("--batch-size", "batch_size", "pairs per step"),
+        ("--lr", "lr", "Adam learning rate"), ("--weight-decay", "weight_decay", "Adam weight decay"),
+        ("--epochs", "epochs", "most epochs"),
+        ("--patience", "patience", "stop after this many epochs without a better valid NDCG@10"),
+        ("--alpha", "alpha", "DirectSpec / DirectSpec+ step"),
+        ("--tau-0", "tau_0", "DirectSpec+ temperature of pairs within --max-distance"),
+        ("--tau-1", "tau_1", "DirectSpec+ temperature of the other pairs"),
+        ("--max-distance", "max_distance", "DirectSpec+ graph distance K on the user-item graph"),
+        ("--temperature", "temperature", "softmax logit temperature"),
+        ("--test-share", "test_share", "share of each user's items held out for testing"),
+        ("--valid-share", "valid_share", "share of the remaining items held out for validation"),
+        ("--head-share", "head_share", "share of the training interactions held by the head items"),
+        ("--sam", "sam", "sharpness-aware steps: off, plain SAM, or item-wise SAM (EISAM)"),
+        ("--sam-rho", "sam_rho", "SAM perturbation radius"),
+        ("--sam-exponent", "sam_exponent", "item-wise SAM: radius ~ (training count + 1) ** -exponent"),
+        ("--seed", "seed", "random seed (split and training)"),
+    ):
+        _option(cf, flag, CFConfig, name, text)
+    cf.add_argument("--device", default=_default_device(), help="torch device")
+    cf.add_argument("--out", default="runs/latest-cf", help="run directory")
+    cf.set_defaults(func=_train_cf)
 
     prof = sub.add_parser("profile", formatter_class=_Formatter, help="time the phases of a few training steps")
     prof.add_argument("--data", required=True, help="S3-Rec .txt or RecBole .inter file")
