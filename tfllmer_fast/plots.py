@@ -12,6 +12,8 @@ PANELS = (
     ("coherence_mean", "effective coherence (mean)", "linear"),
     ("kappa_median", "condition number (median)", "log"),
     ("norm_disparity", "item norm disparity (max / min)", "log"),
+    ("erank", "item table effective rank", "linear"),
+    ("erank_users", "user table effective rank", "linear"),
 )
 
 
@@ -46,32 +48,41 @@ def load_run(run_dir, label: str | None = None) -> Run:
 
 
 def plot_runs(runs: list[Run], out) -> Path:
-    """Six panels, one line per run: the five series of ``PANELS`` per epoch
-    (epoch 0 is the initial table) and the histogram of the initial item norms."""
+    """One panel per series of ``PANELS`` that some run has (epoch 0 is the
+    initial table), one line per run, and the histogram of the initial item
+    norms where a run recorded it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    for ax, (key, title, scale) in zip(axes.flat, PANELS):
+    panels = [p for p in PANELS if any(run.series[p[0]][0] for run in runs)]
+    with_histogram = any(run.norm_histogram for run in runs)
+    count = len(panels) + with_histogram
+    if count == 0:
+        raise ValueError("the runs have no per-epoch series to plot")
+    cols = min(count, 3 if count <= 6 else 4)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.25 * rows), squeeze=False)
+    for ax, (key, title, scale) in zip(axes.flat, panels):
         for run in runs:
             epochs, values = run.series[key]
             if epochs:
                 ax.plot(epochs, values, marker="o", markersize=3, label=run.label)
         ax.set(title=title, xlabel="epoch", yscale=scale)
         ax.grid(alpha=0.3)
-    hist_ax = axes.flat[len(PANELS)]
-    for run in runs:
-        if run.norm_histogram:
-            hist_ax.stairs(run.norm_histogram["counts"], run.norm_histogram["edges"], label=run.label)
-    hist_ax.set(title="initial item norms", xlabel="row norm", ylabel="items")
-    hist_ax.grid(alpha=0.3)
+    if with_histogram:
+        hist_ax = axes.flat[len(panels)]
+        for run in runs:
+            if run.norm_histogram:
+                hist_ax.stairs(run.norm_histogram["counts"], run.norm_histogram["edges"], label=run.label)
+        hist_ax.set(title="initial item norms", xlabel="row norm", ylabel="items")
+        hist_ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[count:]:
+        ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    if not handles:
-        handles, labels = hist_ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(len(runs), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (4.25 * rows)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

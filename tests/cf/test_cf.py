@@ -125,6 +125,13 @@ def test_cli_train_cf_and_its_errors(data, tmp_path, capsys):
     assert cli.main(["train-cf", "--data", str(path), "--loss", "directspec+", "--epochs", "2", "--batch-size",
                      "128", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["loss"] == "directspec+"
+    from tfllmer_fast.plots import load_run
+
+    run = load_run(out)
+    assert run.series["erank"][0] == [0, 1, 2] and run.series["erank_users"][0] == [0, 1, 2]
+    assert not run.series["kappa_median"][0] and run.norm_histogram is None
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "cf.png")]) == 0
+    assert (tmp_path / "cf.png").stat().st_size > 10_000
     capsys.readouterr()
     assert cli.main(["train-cf", "--data", str(path), "--tau-0", "5", "--tau-1", "4", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: tau_0 must be <= tau_1, got 5.0 > 4.0"
