@@ -152,3 +152,19 @@ def test_topk_errors(device):
     wide = torch.randn(3, 8, device=device), torch.randn(2000, 8, device=device)
     with pytest.raises(ValueError, match="impl='triton' serves k <= "):
         topk_scores(*wide, 1000, exclude=(long[0], long[1]), impl="triton")
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_topk_reference_is_the_first_k_of_a_stable_sort(k, with_exclude):
+    """The CPU path selects without sorting all N; on tie-heavy integer scores
+    its list must be the one a stable descending sort gives."""
+    from tfllmer_fast.reference.ranking import _chunk_scores
+
+    hidden, items, _, exclude = _integer_problem(30, 90, 4, "cpu")
+    exclude = exclude if with_exclude else None
+    top = topk_scores(hidden, items, k, exclude=exclude, normalize_items=False, impl="torch")
+    scores = _chunk_scores(hidden, items, 0, 30, exclude, {"normalize_items": False})
+    v, i = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(top.values, v[:, :k])
+    assert torch.equal(top.indices, i[:, :k].masked_fill(v[:, :k] == float("-inf"), -1))

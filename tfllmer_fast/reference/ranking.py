@@ -54,18 +54,31 @@ def target_rank_reference(hidden, item_emb, targets, *, exclude=None, chunk_size
 def topk_reference(hidden, item_emb, k, *, exclude=None, chunk_size=None, **options):
     """(values, indices), each (B, k), sorted by score descending with ties to the
     smaller item id; excluded items are never returned (slots beyond a row's
-    candidates hold score -inf and index -1)."""
+    candidates hold score -inf and index -1). Plain torch equivalent per chunk:
+    a stable descending ``torch.sort`` of the scores, first k."""
     n_rows, n_items = hidden.shape[0], item_emb.shape[0]
     step = _chunk_rows(n_items, chunk_size)
     values, indices = [], []
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        scores = _chunk_scores(hidden, item_emb, start, stop, exclude, options)
-        # A stable descending sort keeps equal scores in increasing item order.
-        v, i = torch.sort(scores, dim=1, descending=True, stable=True)
-        values.append(v[:, :k])
-        indices.append(i[:, :k].masked_fill(v[:, :k] == float("-inf"), -1))
+        v, i = _top_k_ties_to_smaller_id(_chunk_scores(hidden, item_emb, start, stop, exclude, options), k)
+        values.append(v)
+        indices.append(i.masked_fill(v == float("-inf"), -1))
     if not values:
         empty = torch.zeros(0, k, device=hidden.device)
         return empty, empty.long()
     return torch.cat(values), torch.cat(indices)
+
+
+def _top_k_ties_to_smaller_id(scores, k):
+    """The first k of a stable descending sort, without sorting all N: every
+    score above the k-th value is in, and of those equal to it the smallest
+    ids fill the rest; then only those k are sorted (stably, by id first)."""
+    kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    ids = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # row-major: increasing id within a row
+    v, order = torch.sort(scores.gather(1, ids), dim=1, descending=True, stable=True)
+    return v, ids.gather(1, order)
