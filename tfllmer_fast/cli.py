@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--lr", "lr", "Adam learning rate"), ("--weight-decay", "weight_decay", "Adam weight decay"),
         ("--epochs", "epochs", "most epochs"),
         ("--patience", "patience", "stop after this many epochs without a better valid NDCG@10"),
+        ("--eval-every", "eval_every", "validate every this many epochs"),
         ("--alpha", "alpha", "DirectSpec / DirectSpec+ step"),
         ("--tau-0", "tau_0", "DirectSpec+ temperature of pairs within --max-distance"),
         ("--tau-1", "tau_1", "DirectSpec+ temperature of the other pairs"),

@@ -113,6 +113,13 @@ def test_learning_beats_the_untrained_model(data):
     assert trained["test"]["NDCG@10"] > 2 * untrained["test"]["NDCG@10"]
 
 
+def test_validation_every_few_epochs(data, tmp_path):
+    result = run_cf(CFConfig(epochs=7, eval_every=3, patience=50, batch_size=128), data, out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "valid" in r] == [3, 6, 7]  # and always the last epoch
+    assert result["best_epoch"] in (3, 6, 7) and result["epochs_run"] == 7
+
+
 def test_itemwise_sam_runs_on_mf(data):
     result = run_cf(CFConfig(loss="bpr", epochs=2, batch_size=128, sam="itemwise"), data)
     assert np.isfinite(result["test"]["NDCG@10"])
