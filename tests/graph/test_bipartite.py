@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tfllmer_fast.graph.array_module import cupy_available
 from tfllmer_fast.graph.bipartite import within_distance
 
 
@@ -60,3 +61,15 @@ def test_bad_arguments_are_named():
         within_distance(R, [5], 2)
     with pytest.raises(ValueError, match="max_distance"):
         within_distance(R, [0], -1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_available(), reason="needs CuPy and a CUDA device")
+def test_cupy_matches_scipy():
+    import cupyx.scipy.sparse as csp
+
+    rng = np.random.default_rng(9)
+    R = sp.random(50, 70, density=0.05, random_state=rng, format="csr")
+    batch = rng.choice(50, size=20, replace=False)
+    for k in (2, 4):
+        assert (within_distance(csp.csr_matrix(R), batch, k).get() == within_distance(R, batch, k)).all()
