@@ -203,6 +203,13 @@ def _bench_report(args) -> int:
     return 0
 
 
+def _add_sam_options(parser, cls) -> None:
+    """The sharpness-aware options, which ``TrainConfig`` and ``CFConfig`` share."""
+    _option(parser, "--sam", cls, "sam", "sharpness-aware steps: off, plain SAM, or item-wise SAM (EISAM)")
+    _option(parser, "--sam-rho", cls, "sam_rho", "SAM perturbation radius")
+    _option(parser, "--sam-exponent", cls, "sam_exponent", "item-wise SAM: radius ~ (training count + 1) ** -exponent")
+
+
 def _add_run_options(parser, *, ablation: bool) -> None:
     """The options of one run (``train``), or of every run of an ablation,
     which sets the initialization, the normalization and the seed itself."""
@@ -231,10 +238,7 @@ def _add_run_options(parser, *, ablation: bool) -> None:
     _option(parser, "--diagnostics-m", TrainConfig, "diagnostics_m", "effective-set size for the diagnostics")
     _option(parser, "--head-share", TrainConfig, "head_share",
             "share of the training interactions held by the head items (the rest are the long tail)")
-    _option(parser, "--sam", TrainConfig, "sam", "sharpness-aware steps: off, plain SAM, or item-wise SAM (EISAM)")
-    _option(parser, "--sam-rho", TrainConfig, "sam_rho", "SAM perturbation radius")
-    _option(parser, "--sam-exponent", TrainConfig, "sam_exponent",
-            "item-wise SAM: radius ~ (training count + 1) ** -exponent")
+    _add_sam_options(parser, TrainConfig)
     parser.add_argument("--dropout", type=float, help="backbone dropout (default: the model's own)")
     parser.add_argument("--freeze-items", action="store_true", help="keep the initial item table fixed")
     parser.add_argument("--include-history", dest="exclude_history", action="store_false",
@@ -307,12 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--test-share", "test_share", "share of each user's items held out for testing"),
         ("--valid-share", "valid_share", "share of the remaining items held out for validation"),
         ("--head-share", "head_share", "share of the training interactions held by the head items"),
-        ("--sam", "sam", "sharpness-aware steps: off, plain SAM, or item-wise SAM (EISAM)"),
-        ("--sam-rho", "sam_rho", "SAM perturbation radius"),
-        ("--sam-exponent", "sam_exponent", "item-wise SAM: radius ~ (training count + 1) ** -exponent"),
         ("--seed", "seed", "random seed (split and training)"),
     ):
         _option(cf, flag, CFConfig, name, text)
+    _add_sam_options(cf, CFConfig)
     cf.add_argument("--device", default=_default_device(), help="torch device")
     cf.add_argument("--out", default="runs/latest-cf", help="run directory")
     cf.set_defaults(func=_train_cf)

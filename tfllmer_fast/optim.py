@@ -24,6 +24,8 @@ costs two forward/backward passes, as SAM's does.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -92,12 +94,41 @@ class ItemwiseSAM:
             moved.append((p, eps))
         return moved
 
-    def step(self, closure):
+    def step(self, closure, timed=contextlib.nullcontext):
+        """``timed()`` wraps the wrapped optimizer's own step (a profiler phase)."""
         closure(None if self.scales is None else self.row_weight)
         moved = self._perturb()
         loss = closure(None)
         with torch.no_grad():
             for p, eps in moved:
                 p.sub_(eps)
-        self.base.step()
+        with timed():
+            self.base.step()
         return loss
+
+
+SAM_MODES = ("off", "sam", "itemwise")
+
+
+def sharpness_aware(base: torch.optim.Optimizer, mode: str, *, rho: float, exponent: float, item_counts=None):
+    """``base`` itself (``mode="off"``), or wrapped for plain (``"sam"``) or
+    item-wise (``"itemwise"``, radii from ``item_counts``) SAM."""
+    if mode not in SAM_MODES:
+        raise ValueError(f"sam must be one of {SAM_MODES}, got {mode!r}")
+    if mode == "off":
+        return base
+    if mode == "itemwise" and item_counts is None:
+        raise ValueError("item-wise SAM needs the training count of every item (item_counts)")
+    return ItemwiseSAM(base, rho=rho, scales=item_radius_scales(item_counts, exponent) if mode == "itemwise" else None)
+
+
+def optimizer_step(optimizer, forward_backward, timed=contextlib.nullcontext):
+    """One step: ``forward_backward(row_weight=None) -> loss`` (zeroes the
+    gradients, computes the loss, backward) once and the optimizer's step, or
+    SAM's two passes. ``timed()`` wraps the optimizer's own step. Returns the loss."""
+    if isinstance(optimizer, ItemwiseSAM):
+        return optimizer.step(forward_backward, timed)
+    loss = forward_backward()
+    with timed():
+        optimizer.step()
+    return loss

@@ -24,7 +24,7 @@ from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .monitor import TableMonitor
 from .ops.ranking import target_rank
-from .optim import ItemwiseSAM, item_radius_scales
+from .optim import SAM_MODES, optimizer_step, sharpness_aware
 from .options import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class TrainConfig:
     diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
     diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
     head_share: float = bounded(DEFAULT_HEAD_SHARE, 0.0, 1.0)  # training interactions the head items hold
-    sam: str = bounded("off", choices=("off", "sam", "itemwise"))  # sharpness-aware steps (tfllmer_fast.optim)
+    sam: str = bounded("off", choices=SAM_MODES)  # sharpness-aware steps (tfllmer_fast.optim)
     sam_rho: float = bounded(0.05, 0.0)  # SAM's perturbation radius
     sam_exponent: float = bounded(0.5, 0.0)  # item-wise radius ~ (training count + 1) ** -exponent
     model_options: dict = field(default_factory=dict)
@@ -182,12 +182,7 @@ class TrainStep:
                     runtime.average_gradients(self.replicated)
             return loss
 
-        if isinstance(self.optimizer, ItemwiseSAM):
-            return self.optimizer.step(forward_backward).detach()
-        loss = forward_backward()
-        with phase("optimizer"):
-            self.optimizer.step()
-        return loss.detach()
+        return optimizer_step(self.optimizer, forward_backward, lambda: phase("optimizer")).detach()
 
 
 def make_optimizer(model, config: TrainConfig, *, from_features: bool = False, item_counts=None):
@@ -200,12 +195,8 @@ def make_optimizer(model, config: TrainConfig, *, from_features: bool = False, i
     if table.requires_grad:
         groups.append({"params": [table], "lr": config.table_lr(from_features)})
     adam = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    if config.sam == "off":
-        return adam
-    if config.sam == "itemwise" and item_counts is None:
-        raise ValueError("sam='itemwise' needs the training count of every item (item_counts)")
-    scales = item_radius_scales(item_counts, config.sam_exponent) if config.sam == "itemwise" else None
-    return ItemwiseSAM(adam, rho=config.sam_rho, scales=scales)
+    return sharpness_aware(adam, config.sam, rho=config.sam_rho, exponent=config.sam_exponent,
+                           item_counts=item_counts)
 
 
 def _rng_state():

@@ -18,7 +18,7 @@ from .. import diagnostics as dg
 from ..limits import bounded, validate_fields
 from ..longtail import DEFAULT_HEAD_SHARE, head_mask
 from ..ops.normalized_ce import normalized_softmax_ce
-from ..optim import ItemwiseSAM, item_radius_scales
+from ..optim import SAM_MODES, optimizer_step, sharpness_aware
 from ..options import DEFAULT_TEMPERATURE, HeadOptions
 from ..spectral import direct_spec, direct_spec_plus, distance_temperatures
 from .data import CFSplit
@@ -61,7 +61,7 @@ class CFConfig:
     test_share: float = bounded(0.2, 0.0, 0.99)
     valid_share: float = bounded(0.1, 0.0, 0.99)
     head_share: float = bounded(DEFAULT_HEAD_SHARE, 0.0, 1.0)
-    sam: str = bounded("off", choices=("off", "sam", "itemwise"))
+    sam: str = bounded("off", choices=SAM_MODES)
     sam_rho: float = bounded(0.05, 0.0)
     sam_exponent: float = bounded(0.5, 0.0)
     seed: int = 0
@@ -93,9 +93,8 @@ class CFTrainer:
         counts = np.asarray(self.graph.sum(0)).ravel().astype(np.int64)
         self.head = head_mask(counts, config.head_share)
         adam = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.optimizer = adam if config.sam == "off" else ItemwiseSAM(
-            adam, rho=config.sam_rho,
-            scales=item_radius_scales(counts, config.sam_exponent) if config.sam == "itemwise" else None)
+        self.optimizer = sharpness_aware(adam, config.sam, rho=config.sam_rho, exponent=config.sam_exponent,
+                                         item_counts=counts)
         self.users, self.items = split.pairs()
         self.known_valid = split.train
         self.known_test = [np.union1d(t, v) for t, v in zip(split.train, split.valid)]
@@ -143,12 +142,7 @@ class CFTrainer:
                 loss.backward()
                 return loss
 
-            if isinstance(self.optimizer, ItemwiseSAM):
-                loss = self.optimizer.step(forward_backward)
-            else:
-                loss = forward_backward()
-                self.optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(optimizer_step(self.optimizer, forward_backward).detach()))
         return {"loss": float(np.mean(losses))}
 
     @torch.no_grad()
