@@ -55,7 +55,6 @@ def test_trainer_reports_head_and_tail(tmp_path):
     for part in ("valid", "test"):
         longtail = result[part]["longtail"]
         assert 0 < longtail["tail_share"] < 1
-        users = result["split"][part]
         # the overall HR@10 is the example-weighted mean of the head and tail HR@10
         mixed = (1 - longtail["tail_share"]) * longtail["head"]["HR@10"] + longtail["tail_share"] * longtail["tail"]["HR@10"]
-        assert mixed == pytest.approx(result[part]["HR@10"]) and users > 0
+        assert mixed == pytest.approx(result[part]["HR@10"])

@@ -65,20 +65,29 @@ def test_step_is_sam_with_the_item_weighted_first_gradient(exponent):
         assert not torch.allclose(expected[1], plain[1])
 
 
-def test_trainer_runs_itemwise_sam(tmp_path):
-    from tfllmer_fast.config import RunConfig
-    from tfllmer_fast.pipeline import run
+def test_trainer_runs_itemwise_sam_and_resumes_exactly(tmp_path):
+    from tfllmer_fast.data import leave_one_out
     from tfllmer_fast.synthetic import planted_dataset
-    from tfllmer_fast.train import TrainConfig
+    from tfllmer_fast.train import TrainConfig, Trainer
 
     data, _ = planted_dataset(num_users=60, num_items=30, clusters=3, max_len=8, seed=4)
-    train = TrainConfig(dim=8, max_len=8, batch_size=16, epochs=2, diagnostics_sample=0, sam="itemwise",
-                        sam_rho=0.05)
-    result = run(RunConfig(train=train), data=data, out_dir=tmp_path)
-    assert result["config"]["train"]["sam"] == "itemwise" and 0 <= result["test"]["NDCG@10"] <= 1
-    # resume restores the wrapped optimizer's state
-    more = RunConfig(train=TrainConfig(**{**train.__dict__, "epochs": 3}))
-    assert run(more, data=data, out_dir=tmp_path, resume=True)["epochs_run"] == 3
+    split = leave_one_out(data)
+
+    def config(epochs, sam="itemwise"):
+        return TrainConfig(dim=8, max_len=8, batch_size=16, epochs=epochs, patience=10, diagnostics_sample=0,
+                           sam=sam, sam_rho=0.05)
+
+    full = Trainer(split, config(3))
+    full.fit()
+    Trainer(split, config(1), out_dir=tmp_path).fit()
+    resumed = Trainer(split, config(3), out_dir=tmp_path)
+    resumed.load_checkpoint(tmp_path / "checkpoint.pt")  # the wrapped Adam's moments come back too
+    resumed.fit()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    plain = Trainer(split, config(3, sam="off"))
+    plain.fit()
+    assert not torch.equal(plain.model.item_table, full.model.item_table)  # SAM changed the steps
 
 
 def test_bad_rho_is_named():

@@ -203,3 +203,16 @@ def test_table_rate_defaults_to_a_multiple_for_random_tables_only(small):
     assert TrainConfig(item_lr=5e-4).table_lr(from_features=False) == 5e-4  # an explicit rate wins
     with pytest.raises(ValueError, match="item_lr must be >= 0"):
         TrainConfig(item_lr=-1.0).validate()
+
+
+def test_resuming_a_checkpoint_with_one_optimizer_group_is_a_named_error(small, tmp_path):
+    """Checkpoints written before the item table had its own rate hold one Adam group."""
+    data, _ = small
+    split = leave_one_out(data)
+    Trainer(split, _config(epochs=1), out_dir=tmp_path).fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop()["params"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="1 parameter group"):
+        Trainer(split, _config(epochs=2), out_dir=tmp_path).load_checkpoint(tmp_path / "checkpoint.pt")

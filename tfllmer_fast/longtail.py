@@ -9,9 +9,19 @@ the evaluation examples whose target is a tail item.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-DEFAULT_HEAD_SHARE = 0.8
+from .limits import bounded
+
+
+
+@dataclass
+class LongTailSettings:
+    """The head/tail split a training configuration carries."""
+
+    head_share: float = bounded(0.8, 0.0, 1.0)  # training interactions the head items hold
 
 
 def item_counts(sequences, num_items: int) -> np.ndarray:
@@ -22,7 +32,7 @@ def item_counts(sequences, num_items: int) -> np.ndarray:
     return np.bincount(flat, minlength=num_items + 1)
 
 
-def head_mask(counts, head_share: float = DEFAULT_HEAD_SHARE) -> np.ndarray:
+def head_mask(counts, head_share: float = LongTailSettings.head_share) -> np.ndarray:
     """(N,) bool: ``True`` for the head items of ``counts`` (per item id).
 
     Items sorted by count (descending, ties to the smaller id) join the head

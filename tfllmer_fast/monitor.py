@@ -15,7 +15,7 @@ NORM_BINS = 30
 
 
 def _finite_or_none(value) -> float | None:
-    """None (JSON null) where the value is NaN: epochs.jsonl stays strict JSON
+    """None (JSON null) where the value is NaN or infinite: epochs.jsonl stays strict JSON
     that jq, pandas and browsers all read."""
     value = float(value)
     return value if np.isfinite(value) else None
@@ -53,10 +53,11 @@ class TableMonitor:
             "coherence_max": float(stats.coherence.max()),
             "kappa_median": float(kappa.median()),
             "kappa_p90": float(torch.quantile(kappa, 0.9)),
-            "gershgorin_median": _finite_or_none(stats.gershgorin.double().nanmedian()),
+            "gershgorin_median": stats.gershgorin.double().nanmedian(),
             "queries": len(self.rows),
             "m": self.m,
         }
+        out = {k: _finite_or_none(v) if isinstance(v, (float, torch.Tensor)) else v for k, v in out.items()}
         if with_norm_histogram:
             norms = torch.linalg.vector_norm(table.double(), dim=1).cpu().numpy()
             counts, edges = np.histogram(norms, bins=NORM_BINS)

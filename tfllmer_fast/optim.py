@@ -1,4 +1,4 @@
-"""Sharpness-aware training with an item-wise perturbation radius (EISAM, read from its abstract).
+"""Sharpness-aware training with item-wise weights on the perturbation (EISAM, read from its abstract).
 
 "Taming the Long Tail: Efficient Item-wise Sharpness-Aware Minimization for
 LLM-based Recommender Systems" (2026) has only its abstract public: it
@@ -7,33 +7,38 @@ own sharpness control, at a cost that stays low at scale. This module is a
 faithful reading of that abstract, not a reproduction of unpublished code.
 
 SAM (Foret et al., 2021) takes the gradient at ``w + eps`` with
-``eps = rho g / ||g||``, ``g`` the gradient at ``w``. Item-wise SAM gives
-each training target's loss term its own radius ``rho_i`` that falls with
-the item's training count ``c_i``:
+``eps = rho g / ||g||``, ``g`` the gradient at ``w``. Per-item radii cannot
+all be honoured by one shared perturbation, so the item-wise version puts
+them on its direction: each training target's loss term enters the ascent
+gradient with the weight
 
-    rho_i = rho * s_i,   s_i = (c_i + 1) ** -exponent / mean over training targets of the same
+    s_i = (c_i + 1) ** -exponent      (c_i the item's training count)
 
-so the first-order perturbation of ``sum_i max_{||eps_i|| <= rho_i} L_i`` is,
-to one shared direction, ``eps = rho g_s / ||g_s||`` with ``g_s`` the
-gradient of the loss whose per-row weights are ``s_{target}``: rare items'
-losses steer the perturbation more, so their sharpness is penalized more.
-``exponent = 0`` is plain SAM (one radius). The per-row weights go through
-the fused head's ``weight`` argument, so the head stays fused, and a step
-costs two forward/backward passes, as SAM's does.
+(scaled to mean 1 over the training interactions, which only fixes the
+units), ``eps = rho g_s / ||g_s||`` with ``g_s`` the gradient of the
+``s_target``-weighted mean loss, and the step length stays ``rho``: rare
+items steer the perturbation more, so the sharpness of their losses is
+penalized more. ``exponent = 0`` is plain SAM. The weights go through the
+fused head's per-row ``weight``, so the head stays fused, and a step costs
+two forward/backward passes, as SAM's does.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
+from .limits import bounded
+
 
 def item_radius_scales(counts, exponent: float) -> Tensor:
     """(N,) float32 ``s_i = (c_i + 1) ** -exponent``, scaled so that its mean over
-    the training targets (each item counted ``c_i`` times) is 1."""
+    the training interactions (each item counted ``c_i`` times) is 1."""
     if not exponent >= 0:
         raise ValueError(f"exponent must be >= 0, got {exponent}")
     counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
@@ -62,6 +67,7 @@ class ItemwiseSAM:
         self.base = base
         self.rho = rho
         self.scales = scales
+        self._device_scales = {}
 
     @property
     def param_groups(self):
@@ -77,8 +83,10 @@ class ItemwiseSAM:
         self.base.load_state_dict(state)
 
     def row_weight(self, targets: Tensor) -> Tensor:
-        scales = self.scales.to(targets.device)
-        return scales[targets]
+        """The perturbation weight of each row, by its target item."""
+        if targets.device not in self._device_scales:
+            self._device_scales[targets.device] = self.scales.to(targets.device)
+        return self._device_scales[targets.device][targets]
 
     @torch.no_grad()
     def _perturb(self) -> list[tuple[Tensor, Tensor]]:
@@ -108,6 +116,16 @@ class ItemwiseSAM:
 
 
 SAM_MODES = ("off", "sam", "itemwise")
+
+
+@dataclass
+class SAMSettings:
+    """The sharpness-aware settings a training configuration carries (both the
+    sequential ``TrainConfig`` and ``cf.CFConfig`` inherit them)."""
+
+    sam: str = bounded("off", choices=SAM_MODES)  # off, plain SAM, or item-wise SAM
+    sam_rho: float = bounded(0.05, 0.0)  # the perturbation's length
+    sam_exponent: float = bounded(0.5, 0.0)  # item-wise weights (training count + 1) ** -exponent
 
 
 def sharpness_aware(base: torch.optim.Optimizer, mode: str, *, rho: float, exponent: float, item_counts=None):

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph.bipartite import within_distance
+from .graph.array_module import like_input
+from .graph.bipartite import UserItemGraph
 
 EPS = 1e-12  # F.normalize's: zero rows stay zero instead of becoming NaN
 
@@ -68,17 +69,17 @@ def direct_spec_plus(H: Tensor, alpha: float, gamma) -> Tensor:
     return hn - alpha * (weights @ hn)
 
 
-def distance_temperatures(interactions, batch, *, max_distance: int = 2, tau_0: float = 3.5, tau_1: float = 4.0,
+def distance_temperatures(graph, batch, *, max_distance: int = 2, tau_0: float = 3.5, tau_1: float = 4.0,
                           side: str = "users", device=None) -> Tensor:
     """(B, B) float32: ``tau_0`` where two batch nodes of ``side`` lie within
-    ``max_distance`` hops on the user-item graph of ``interactions`` (SciPy or
-    cupyx sparse, users x items), ``tau_1`` elsewhere. The paper's best on
-    Yelp: K = 2, tau_0 = 3.5, tau_1 = 4 (its defaults here)."""
+    ``max_distance`` hops on the user-item graph, ``tau_1`` elsewhere.
+    ``graph``: a ``graph.UserItemGraph`` (kept by a training loop: cupyx for
+    CUDA batches), or a users x items SciPy / cupyx sparse matrix. The
+    paper's best on Yelp: K = 2, tau_0 = 3.5, tau_1 = 4 (the defaults here)."""
     if not tau_0 <= tau_1:
         raise ValueError(f"tau_0 must be <= tau_1 (correlated pairs decorrelate slower), got {tau_0} > {tau_1}")
-    if isinstance(batch, Tensor):
-        device = device or batch.device
-        batch = batch.cpu().numpy()
-    close = within_distance(interactions, batch, max_distance, side=side)
-    close = torch.as_tensor(close.get() if hasattr(close, "get") else np.asarray(close), device=device)
-    return torch.where(close, float(tau_0), float(tau_1)).float()
+    if not isinstance(graph, UserItemGraph):
+        graph = UserItemGraph(graph)
+    template = batch if isinstance(batch, Tensor) else torch.as_tensor(np.asarray(batch), device=device)
+    close = like_input(graph.within_distance(template, max_distance, side=side), template)
+    return torch.where(close.to(device or template.device), float(tau_0), float(tau_1)).float()

@@ -19,12 +19,12 @@ from .data import EvalSet, Split
 from .distributed import runtime
 from .distributed.sharded_ranking import sharded_target_rank
 from .limits import bounded, validate_fields
-from .longtail import DEFAULT_HEAD_SHARE, head_mask, item_counts, split_metrics
+from .longtail import LongTailSettings, head_mask, item_counts, split_metrics
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .monitor import TableMonitor
 from .ops.ranking import target_rank
-from .optim import SAM_MODES, optimizer_step, sharpness_aware
+from .optim import SAMSettings, optimizer_step, sharpness_aware
 from .options import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ RANDOM_TABLE_LR_SCALE = 8.0
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SAMSettings, LongTailSettings):
     """Defaults follow the literature: hidden 64, max length 50, 2 blocks, batch
     256 (S3-Rec / RecBole settings); Adam lr 1e-3 for the backbone; up to 100
     epochs with patience 10 on validation NDCG@10.
@@ -72,10 +72,6 @@ class TrainConfig:
     impl: str = bounded("auto", choices=("auto", "triton", "chunked", "torch"))
     diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
     diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
-    head_share: float = bounded(DEFAULT_HEAD_SHARE, 0.0, 1.0)  # training interactions the head items hold
-    sam: str = bounded("off", choices=SAM_MODES)  # sharpness-aware steps (tfllmer_fast.optim)
-    sam_rho: float = bounded(0.05, 0.0)  # SAM's perturbation radius
-    sam_exponent: float = bounded(0.5, 0.0)  # item-wise radius ~ (training count + 1) ** -exponent
     model_options: dict = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -364,6 +360,10 @@ class Trainer:
     def load_checkpoint(self, path) -> None:
         state = torch.load(path, map_location=self.config.device, weights_only=False)
         self.model.load_state_dict(state["model"])
+        groups = len(state["optimizer"]["param_groups"])
+        if groups != len(self.optimizer.param_groups):
+            raise ValueError(f"{path}: its optimizer has {groups} parameter group(s), this version {len(self.optimizer.param_groups)} "
+                             "(the item table has its own rate since 0.1.0's --item-lr): start a new run in another --out")
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
         _set_rng_state(state["rng"])

@@ -120,9 +120,20 @@ def test_validation_every_few_epochs(data, tmp_path):
     assert result["best_epoch"] in (3, 6, 7) and result["epochs_run"] == 7
 
 
-def test_itemwise_sam_runs_on_mf(data):
-    result = run_cf(CFConfig(loss="bpr", epochs=2, batch_size=128, sam="itemwise"), data)
-    assert np.isfinite(result["test"]["NDCG@10"])
+def test_itemwise_sam_changes_the_mf_steps(data):
+    from tfllmer_fast.cf import CFTrainer
+
+    split = random_split(data, seed=0)
+    trainers = {sam: CFTrainer(split, CFConfig(loss="bpr", epochs=1, batch_size=128, sam=sam)) for sam in ("off",
+                                                                                                          "itemwise")}
+    for trainer in trainers.values():
+        trainer.train_epoch(0)
+    assert not torch.equal(trainers["off"].model.item_table, trainers["itemwise"].model.item_table)
+
+
+def test_validation_must_fit_in_the_patience_window():
+    with pytest.raises(ValueError, match=r"eval_every \(20\) must be <= patience \(10\)"):
+        CFConfig(eval_every=20).validate()
 
 
 def test_cli_train_cf_and_its_errors(data, tmp_path, capsys):

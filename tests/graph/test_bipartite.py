@@ -53,6 +53,13 @@ def test_random_graph_matches_bfs(side, k):
         assert got[a].tolist() == expected
 
 
+def test_the_callers_matrix_is_left_alone_and_stored_zeros_are_no_edges():
+    R = sp.csr_matrix((np.array([2.0, 0.0, 3.0], np.float32), np.array([0, 1, 1]), np.array([0, 2, 3])),
+                      shape=(2, 2))  # user 0 -> item 1 is a stored zero
+    assert within_distance(R, [0, 1], 2).astype(int).tolist() == [[1, 0], [0, 1]]
+    assert R.data.tolist() == [2.0, 0.0, 3.0]
+
+
 def test_bad_arguments_are_named():
     R = sp.csr_matrix(np.eye(3))
     with pytest.raises(ValueError, match="side must be"):

@@ -168,3 +168,11 @@ def test_topk_reference_is_the_first_k_of_a_stable_sort(k, with_exclude):
     v, i = torch.sort(scores, dim=1, descending=True, stable=True)
     assert torch.equal(top.values, v[:, :k])
     assert torch.equal(top.indices, i[:, :k].masked_fill(v[:, :k] == float("-inf"), -1))
+
+
+def test_topk_reference_with_nan_scores_ranks_them_first_as_the_sort_did():
+    hidden, items = torch.ones(2, 3), torch.randn(10, 3)
+    items[4] = float("nan")
+    top = topk_scores(hidden, items, 3, normalize_items=False, impl="torch")
+    assert top.indices[:, 0].tolist() == [4, 4] and torch.isnan(top.values[:, 0]).all()
+    assert torch.isfinite(top.values[:, 1:]).all()

@@ -1,7 +1,7 @@
 """Item co-occurrence graph, its normalization, Rec-PCA and user-item graph distances (NumPy, C++ and CuPy backends)."""
 
 from .adjacency import normalized_adjacency
-from .bipartite import within_distance
+from .bipartite import UserItemGraph, within_distance
 from .builder import cooccurrence
 from .chebyshev import chebyshev_coefficients, truncation_bound
 from .rec_pca import RecPCAResult, pca, rec_pca
@@ -10,6 +10,7 @@ __all__ = [
     "cooccurrence",
     "normalized_adjacency",
     "within_distance",
+    "UserItemGraph",
     "rec_pca",
     "pca",
     "RecPCAResult",

@@ -74,9 +74,10 @@ def _top_k_ties_to_smaller_id(scores, k):
     """The first k of a stable descending sort, without sorting all N: every
     score above the k-th value is in, and of those equal to it the smallest
     ids fill the rest; then only those k are sorted (stably, by id first)."""
-    kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]
-    above = scores > kth
-    tied = scores == kth
+    key = scores.nan_to_num(nan=float("inf"))  # NaN first, as torch.sort puts it; never fewer than k chosen
+    kth = torch.topk(key, k, dim=1, sorted=True).values[:, -1:]
+    above = key > kth
+    tied = key == kth
     room = k - above.sum(dim=1, keepdim=True)
     chosen = above | (tied & (tied.cumsum(dim=1) <= room))
     ids = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # row-major: increasing id within a row
