@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .cf.train import CFConfig
+from .cf.train import DEFAULT_ALPHA, CFConfig
 from .config import DataConfig, ItemInitConfig, RunConfig
 from .distributed.runtime import init_from_env, rank_world, shutdown
 from .limits import check_limit, describe_limit
@@ -303,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("--epochs", "epochs", "most epochs"),
         ("--patience", "patience", "stop after this many epochs without a better valid NDCG@10"),
         ("--eval-every", "eval_every", "validate every this many epochs"),
-        ("--alpha", "alpha", "DirectSpec / DirectSpec+ step"),
         ("--tau-0", "tau_0", "DirectSpec+ temperature of pairs within --max-distance"),
         ("--tau-1", "tau_1", "DirectSpec+ temperature of the other pairs"),
         ("--max-distance", "max_distance", "DirectSpec+ graph distance K on the user-item graph"),
@@ -314,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--seed", "seed", "random seed (split and training)"),
     ):
         _option(cf, flag, CFConfig, name, text)
+    _option(cf, "--alpha", CFConfig, "alpha", "DirectSpec / DirectSpec+ step (default: "
+            + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_ALPHA.items()) + ")", kind=float)
     _add_sam_options(cf, CFConfig)
     cf.add_argument("--device", default=_default_device(), help="torch device")
     cf.add_argument("--out", default="runs/latest-cf", help="run directory")

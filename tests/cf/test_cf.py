@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tfllmer_fast import cli
 from tfllmer_fast.cf import CFConfig, LightGCN, bpr_loss, positive_only_loss, random_split, ranking_metrics, run_cf
-from tfllmer_fast.cf.train import LOSSES
+from tfllmer_fast.cf.train import DEFAULT_ALPHA, LOSSES
 from tfllmer_fast.data import Interactions
 from tfllmer_fast.synthetic import planted_dataset
 
@@ -105,6 +105,23 @@ def test_each_loss_trains_and_reports(data, loss, model, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert all(1.0 <= r["diagnostics"]["erank"] <= 64 for r in rows)
     assert np.isfinite([r["loss"] for r in rows[1:]]).all()
+    assert result["alpha"] == DEFAULT_ALPHA.get(loss, 0.0)
+
+
+@pytest.mark.parametrize("loss", ["directspec", "directspec+"])
+def test_the_balancing_step_defaults_per_loss(data, loss):
+    from tfllmer_fast.cf import CFTrainer
+
+    split = random_split(data, seed=0)
+    alphas = {"default": None, "explicit": DEFAULT_ALPHA[loss], "other": DEFAULT_ALPHA[loss] / 4}
+    tables = {}
+    for name, alpha in alphas.items():
+        trainer = CFTrainer(split, CFConfig(loss=loss, epochs=1, batch_size=128, alpha=alpha))
+        trainer.train_epoch(0)
+        tables[name] = trainer.model.item_table
+    assert torch.equal(tables["default"], tables["explicit"])
+    assert not torch.equal(tables["default"], tables["other"])
+    assert CFConfig(loss=loss, alpha=0.25).balance_step == 0.25
 
 
 def test_learning_beats_the_untrained_model(data):
