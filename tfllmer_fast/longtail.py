@@ -16,7 +16,6 @@ import numpy as np
 from .limits import bounded
 
 
-
 @dataclass
 class LongTailSettings:
     """The head/tail split a training configuration carries."""

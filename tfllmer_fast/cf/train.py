@@ -35,8 +35,9 @@ LOSSES = ("bpr", "directspec", "directspec+", "softmax")
 # alpha / B times Hn Hn^T Hn, whose singular values are S^3 with S^2 about B / d
 # in a balanced batch, so at 0.5 it barely moves anything short of collapse:
 # on Beauty (seed 0, validation NDCG@10) 0.5 gave 0.033 and its effective rank
-# fell from 64 to 54; 2 gave 0.046 and 8 gave 0.045. DirectSpec+'s softmax rows
-# sum to one, and 0.5 is where it does well.
+# fell from 64 to 54; 2 gave 0.046 and 8 gave 0.045. The best step depends on
+# the data: Yelp peaked at epoch 5 below BPR at 2 and needed 8 (README).
+# DirectSpec+'s softmax rows sum to one, and 0.5 is where it does well.
 DEFAULT_ALPHA = {"directspec": 2.0, "directspec+": 0.5}
 
 
@@ -44,8 +45,9 @@ DEFAULT_ALPHA = {"directspec": 2.0, "directspec+": 0.5}
 class CFConfig(SAMSettings, LongTailSettings):
     """One CF run. ``loss``: BPR with one uniform negative per pair; the
     positive-only loss on DirectSpec / DirectSpec+ balanced batch vectors
-    (``alpha``, by default ``DEFAULT_ALPHA`` of the loss; DirectSpec+'s temperatures ``tau_0`` for user or item pairs
-    within ``max_distance`` on the training graph, ``tau_1`` otherwise;
+    (``alpha``, by default ``DEFAULT_ALPHA`` of the loss; DirectSpec+'s
+    temperatures ``tau_0`` for user or item pairs within ``max_distance`` on
+    the training graph, ``tau_1`` otherwise;
     plain DirectSpec takes ``alpha / B`` for a batch of B, see ``_loss``); or
     the full softmax over all items through the fused head (normalized item
     rows, the user vector's norm as inverse temperature). Scores at
