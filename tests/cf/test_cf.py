@@ -105,7 +105,7 @@ def test_each_loss_trains_and_reports(data, loss, model, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert all(1.0 <= r["diagnostics"]["erank"] <= 64 for r in rows)
     assert np.isfinite([r["loss"] for r in rows[1:]]).all()
-    assert result["alpha"] == DEFAULT_ALPHA.get(loss, 0.0)
+    assert result["alpha"] == DEFAULT_ALPHA.get(loss)
 
 
 @pytest.mark.parametrize("loss", ["directspec", "directspec+"])
@@ -151,6 +151,13 @@ def test_itemwise_sam_changes_the_mf_steps(data):
 def test_validation_must_fit_in_the_patience_window():
     with pytest.raises(ValueError, match=r"eval_every \(20\) must be <= patience \(10\)"):
         CFConfig(eval_every=20).validate()
+
+
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_a_step_given_to_a_loss_without_one_is_refused(loss):
+    assert CFConfig(loss=loss).validate().balance_step is None
+    with pytest.raises(ValueError, match=f"alpha is the DirectSpec step and does not apply to loss '{loss}'"):
+        CFConfig(loss=loss, alpha=1.0).validate()
 
 
 def test_cli_train_cf_and_its_errors(data, tmp_path, capsys):

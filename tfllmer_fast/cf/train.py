@@ -85,12 +85,15 @@ class CFConfig(SAMSettings, LongTailSettings):
         if self.eval_every > self.patience:
             raise ValueError(f"eval_every ({self.eval_every}) must be <= patience ({self.patience}): early stopping "
                              "needs a validation within every patience window")
+        if self.alpha is not None and self.loss not in DEFAULT_ALPHA:
+            raise ValueError(f"alpha is the DirectSpec step and does not apply to loss {self.loss!r}")
         return self
 
     @property
-    def balance_step(self) -> float:
-        """The DirectSpec / DirectSpec+ step: ``alpha``, or the loss's default."""
-        return self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.loss, 0.0)
+    def balance_step(self) -> float | None:
+        """The DirectSpec / DirectSpec+ step: ``alpha``, or the loss's default;
+        None for the losses that take no step."""
+        return self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.loss)
 
     @property
     def scoring(self) -> HeadOptions:
