@@ -19,14 +19,24 @@ def _round_tf32(x):
 
 
 @triton.jit
+def _exact_dot(a, b):
+    # Every output element summed over K in the same order wherever it sits in
+    # the tile: BLAS (behind the interpreter's tl.dot) rounds an element
+    # differently by its position, which would split exact ties.
+    return tl.sum(a[:, :, None] * b[None, :, :], 1)
+
+
+@triton.jit
 def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """``acc + a @ b`` with fp32 accumulation.
 
-    On a GPU this is one ``tl.dot``. Under the interpreter (UPCAST, see
-    config.upcast_dot) the operands are rounded the way the tensor cores round
-    them and multiplied in fp32: TF32 keeps 10 mantissa bits, and TF32x3 splits
-    each operand into a TF32 head and tail and sums the three largest products,
-    as Triton lowers it. So the interpreter tests measure the GPU's error.
+    On a GPU this is one ``tl.dot``, whose tensor-core arithmetic gives an
+    element the same bits wherever it sits in a tile. Under the interpreter
+    (UPCAST, see config.upcast_dot) the operands are rounded the way the tensor
+    cores round them and multiplied in fp32, each element summed in one fixed
+    order: TF32 keeps 10 mantissa bits, and TF32x3 splits each operand into a
+    TF32 head and tail and sums the three largest products, as Triton lowers
+    it. So the interpreter tests measure the GPU's error, and its exact ties.
     """
     if UPCAST:
         a = a.to(tl.float32)
@@ -34,10 +44,10 @@ def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         if PRECISION == "tf32x3":
             a_hi = _round_tf32(a)
             b_hi = _round_tf32(b)
-            acc = tl.dot(_round_tf32(a - a_hi), b_hi, acc, input_precision="ieee")
-            acc = tl.dot(a_hi, _round_tf32(b - b_hi), acc, input_precision="ieee")
-            return tl.dot(a_hi, b_hi, acc, input_precision="ieee")
+            acc = acc + _exact_dot(_round_tf32(a - a_hi), b_hi)
+            acc = acc + _exact_dot(a_hi, _round_tf32(b - b_hi))
+            return acc + _exact_dot(a_hi, b_hi)
         if PRECISION == "tf32":
-            return tl.dot(_round_tf32(a), _round_tf32(b), acc, input_precision="ieee")
-        return tl.dot(a, b, acc, input_precision="ieee")
+            return acc + _exact_dot(_round_tf32(a), _round_tf32(b))
+        return acc + _exact_dot(a, b)
     return tl.dot(a, b, acc, input_precision=PRECISION)

@@ -47,6 +47,7 @@ class KernelStats:
     spill_load_bytes: int
     mma: str  # tensor-core instruction shape(s) in the PTX, "" when none
     loop_instructions: int  # SASS instructions on the shortest path through the main loop
+    loop_spills: int  # local-memory loads and stores (spills) on that path
     instructions_per_logit: float  # thread-instructions of that path per logit element
     compile_seconds: float
 
@@ -84,7 +85,7 @@ def inspect_launch(launch: Launch, target: str) -> KernelStats:
     stores = _last_int(r"(\d+) bytes spill stores", ptxas)
     loads = _last_int(r"(\d+) bytes spill loads", ptxas)
     sass = disassemble(compiled.asm["cubin"])
-    path = main_loop_path(sass)
+    path, loop_spills = main_loop_path(sass)
     cfg = launch.config
     per_logit = path * 32 * cfg.num_warps / (cfg.block_rows * cfg.block_items) if path else 0.0
     return KernelStats(
@@ -96,6 +97,7 @@ def inspect_launch(launch: Launch, target: str) -> KernelStats:
         spill_load_bytes=loads,
         mma=mma_shapes(compiled.asm["ptx"]),
         loop_instructions=path,
+        loop_spills=loop_spills,
         instructions_per_logit=round(per_logit, 2),
         compile_seconds=round(seconds, 2),
     )
@@ -143,11 +145,14 @@ _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 _MMA_SASS = ("HGMMA", "HMMA")
 
 
-def main_loop_path(sass: str) -> int:
-    """Instructions on the shortest path through the kernel's main loop: the
-    largest loop holding a tensor-core instruction (or the largest loop when
-    none does). Rarely taken blocks inside it (top-k's insertion, say) fall
-    off the shortest path, so this is the cost of the common iteration."""
+def main_loop_path(sass: str) -> tuple[int, int]:
+    """(instructions, spill accesses) on the shortest path through the kernel's
+    main loop: the first loop in the code holding a tensor-core instruction
+    (or the largest loop when none does). The kernels put their main loop
+    first; the loops after it (the exclusion correction, the rows that hold a
+    target) run a few times a program. Rarely taken blocks inside it (top-k's
+    insertion) fall off the shortest path, so this is the cost of the common
+    iteration."""
     instrs: list[str] = []
     labels: dict[str, int] = {}
     for line in sass.splitlines():
@@ -167,14 +172,21 @@ def main_loop_path(sass: str) -> int:
             has_mma = any(op in t for t in instrs[head : i + 1] for op in _MMA_SASS)
             loops.append((has_mma, i - head, head, i))
     if not loops:
-        return 0
-    _, _, head, tail = max(loops)
-    return _shortest_path(instrs, labels, head, tail)
+        return 0, 0
+    with_mma = [loop for loop in loops if loop[0]]
+    _, _, head, tail = min(with_mma, key=lambda loop: loop[2]) if with_mma else max(loops)
+    path = _shortest_path(instrs, labels, head, tail)
+    return len(path), sum(1 for k in path if _SPILL.search(instrs[k]))
 
 
-def _shortest_path(instrs, labels, head, tail) -> int:
+_SPILL = re.compile(r"\b(STL|LDL)\b")
+
+
+def _shortest_path(instrs, labels, head, tail) -> list:
+    """Instruction indices of the shortest path from ``head`` to ``tail``."""
     inf = float("inf")
     dist = [inf] * (tail + 1)
+    came = [-1] * (tail + 1)
     dist[head] = 1
     for k in range(head, tail):
         if dist[k] == inf:
@@ -184,8 +196,14 @@ def _shortest_path(instrs, labels, head, tail) -> int:
         unconditional = (text.startswith("BRA") or text.startswith("EXIT")) and not text.startswith("@")
         if "BRA" in text and target:
             dest = labels.get(target.group(1), -1)
-            if k < dest <= tail:
-                dist[dest] = min(dist[dest], dist[k] + 1)
-        if not unconditional:
-            dist[k + 1] = min(dist[k + 1], dist[k] + 1)
-    return int(dist[tail]) if dist[tail] != inf else tail - head + 1
+            if k < dest <= tail and dist[k] + 1 < dist[dest]:
+                dist[dest], came[dest] = dist[k] + 1, k
+        if not unconditional and dist[k] + 1 < dist[k + 1]:
+            dist[k + 1], came[k + 1] = dist[k] + 1, k
+    if dist[tail] == inf:
+        return list(range(head, tail + 1))
+    path, k = [], tail
+    while k != -1:
+        path.append(k)
+        k = came[k]
+    return path[::-1]

@@ -204,16 +204,80 @@ def launch(kernel, choice: Choice, grid: Callable[[dict], tuple], args: tuple, m
     """Launch ``kernel`` with ``choice.config``, or autotuned over its
     candidates. ``grid`` maps the constexprs (with BLOCK_B / BLOCK_N) to the grid."""
     cfg = choice.config
-    if cfg is None:
-        _autotuned(kernel, choice.candidates, tuple(tune_key))[grid](*args, **meta, **COMPILE_OPTIONS)
-        return
-    constexprs = dict(meta, BLOCK_B=cfg.block_rows, BLOCK_N=cfg.block_items)
-    record = Launch(kernel, tuple(grid(constexprs)), args, constexprs, cfg)
-    captured_launches = _CAPTURED.get()
-    if captured_launches is not None:
-        captured_launches.append(record)
-        return
-    kernel[record.grid](*args, **constexprs, **record.options)
+    with _device_of(args):
+        if cfg is None:
+            _autotuned(kernel, choice.candidates, tuple(tune_key))[grid](*args, **meta, **COMPILE_OPTIONS)
+            return
+        constexprs = dict(meta, BLOCK_B=cfg.block_rows, BLOCK_N=cfg.block_items)
+        record = Launch(kernel, tuple(grid(constexprs)), args, constexprs, cfg)
+        captured_launches = _CAPTURED.get()
+        if captured_launches is not None:
+            captured_launches.append(record)
+            return
+        kernel[record.grid](*args, **constexprs, **record.options)
+
+
+def _device_of(args: tuple):
+    """The tensors' CUDA device made current for the launch: Triton launches on
+    the current device, and tensors on cuda:1 while cuda:0 is current would be
+    read through the wrong context."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_cuda:
+            return torch.cuda.device(arg.device)
+    return contextlib.nullcontext()
+
+
+# Canary elements on each side of every output buffer under ``guarded_outputs``.
+GUARD = 64
+_GUARDED: contextvars.ContextVar = contextvars.ContextVar("tfllmer_fast_guarded_outputs", default=None)
+
+
+def _canary(dtype: torch.dtype):
+    return float("nan") if dtype.is_floating_point else -(2**31) + 7
+
+
+def output(shape, dtype: torch.dtype, device, *, zero: bool = False) -> torch.Tensor:
+    """A buffer a launcher hands a kernel to write. Under ``guarded_outputs`` it
+    sits between canaries (NaN, or a sentinel integer) that are checked after
+    the call, so a write past either end fails a test instead of corrupting
+    memory unseen."""
+    buffers = _GUARDED.get()
+    if buffers is None:
+        return torch.zeros(shape, dtype=dtype, device=device) if zero else torch.empty(shape, dtype=dtype, device=device)
+    count = 1
+    for n in shape:
+        count *= n
+    flat = torch.full((count + 2 * GUARD,), _canary(dtype), dtype=dtype, device=device)
+    view = flat[GUARD : GUARD + count].view(shape)
+    if zero:
+        view.zero_()
+    buffers.append(flat)
+    return view
+
+
+class GuardedOutputs(list):
+    """The guarded buffers of the calls made so far."""
+
+    def check(self) -> None:
+        """Raise if any canary changed."""
+        for i, flat in enumerate(self):
+            canary = torch.cat([flat[:GUARD], flat[-GUARD:]])
+            intact = canary.isnan().all() if flat.dtype.is_floating_point else (canary == _canary(flat.dtype)).all()
+            if not bool(intact):
+                raise AssertionError(f"a kernel wrote outside output buffer {i} ({flat.numel() - 2 * GUARD} "
+                                     f"elements of {flat.dtype})")
+
+
+@contextlib.contextmanager
+def guarded_outputs():
+    """Launchers allocate their outputs between canaries (see ``output``); the
+    yielded list's ``check()`` says whether any was overwritten."""
+    buffers = GuardedOutputs()
+    token = _GUARDED.set(buffers)
+    try:
+        yield buffers
+    finally:
+        _GUARDED.reset(token)
 
 
 @functools.lru_cache(maxsize=None)

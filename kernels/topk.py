@@ -31,6 +31,7 @@ from ._tiles import mma
 
 LOWEST_KEY = -(2**63)
 _LOWEST = tl.constexpr(LOWEST_KEY)
+_NAN_ORDER = tl.constexpr(0x7F800001)
 
 # Keyed by K (a power of two): rows x items per tile, warps, stages, per
 # architecture family and operand kind, each fitting every served width
@@ -49,7 +50,7 @@ TABLE = config.KernelTable(
         ("sm_90", "tf32"): {
             64: config.BlockConfig(64, 32, 4, 2),
             128: config.BlockConfig(32, 32, 4, 2, max_registers=255),
-            256: config.BlockConfig(32, 64, 8, 2, max_registers=255),
+            256: config.BlockConfig(32, 64, 8, 2),
             512: config.BlockConfig(16, 64, 8, 2, max_registers=255),
         },
         ("sm_90", "tf32x3"): {
@@ -74,7 +75,7 @@ TABLE = config.KernelTable(
         },
         ("sm_80", "tf32x3"): {
             32: config.BlockConfig(64, 32, 4, 2, max_registers=255),
-            64: config.BlockConfig(32, 64, 8, 2),
+            64: config.BlockConfig(32, 64, 8, 2, max_registers=255),
             128: config.BlockConfig(32, 64, 4, 2),
             256: config.BlockConfig(32, 64, 8, 2),
             512: config.BlockConfig(16, 32, 4, 2),
@@ -95,9 +96,12 @@ def max_k() -> int:
 
 
 @triton.jit
-def _pack(score, item):
+def _pack(score, item, is_nan):
     bits = (score + 0.0).to(tl.int32, bitcast=True)  # + 0.0 turns -0.0 into +0.0
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    # NaN ranks first (as a descending torch.sort puts it): one above +inf,
+    # itself a NaN bit pattern, so it unpacks as NaN.
+    ordered = tl.where(is_nan, _NAN_ORDER, ordered).to(tl.int64)
     return (ordered << 32) | ((~item.to(tl.int64)) & 0xFFFFFFFF)
 
 
@@ -130,7 +134,8 @@ def _topk_kernel(
     B, N, D, items_per_split, search_steps,
     stride_hb, stride_hd, stride_en, stride_ed,
     K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_EXCLUDE: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr, HAS_NAN: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     split = tl.program_id(1).to(tl.int64)
@@ -140,7 +145,8 @@ def _topk_kernel(
     slots = tl.arange(0, K)
     row_ok = rows < (B - row0).to(tl.int32)
     d_ok = dcol < D
-    h = tl.load(H + row0 * stride_hb + rows[:, None] * stride_hb + dcol[None, :] * stride_hd,
+    # Index x stride products in 64 bits (a transposed view has stride_hd = B).
+    h = tl.load(H + (row0 + rows)[:, None] * stride_hb + dcol[None, :].to(tl.int64) * stride_hd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(DOT_DTYPE)
     if HAS_EXCLUDE:
         excl_lo = tl.load(EXCL_INDPTR + row0 + rows, mask=row_ok, other=0)
@@ -155,13 +161,21 @@ def _topk_kernel(
     n_end = tl.minimum(n_start + items_per_split, N)
     for n0 in tl.range(n_start, n_end, BLOCK_N):
         valid = cols < (n_end - n0).to(tl.int32)
-        e = tl.load(E + n0 * stride_en + cols[:, None] * stride_en + dcol[None, :] * stride_ed,
+        e = tl.load(E + (n0 + cols)[:, None] * stride_en + dcol[None, :].to(tl.int64) * stride_ed,
                     mask=valid[:, None] & d_ok[None, :], other=0.0)
         r = tl.load(ITEM_SCALE + n0 + cols, mask=valid, other=0.0)
         z = mma(h, tl.trans(e.to(DOT_DTYPE)), tl.zeros([BLOCK_B, BLOCK_N], tl.float32), UPCAST, PRECISION)
         z = z * r[None, :]
-        z_max = tl.max(z, 1)
+        if HAS_NAN:
+            # Row maxima skip NaN: a NaN counts as +inf for the test.
+            z_max = tl.max(tl.where(z != z, float("inf"), z), 1)
+        else:
+            z_max = tl.max(z, 1)
         if tl.max((z_max > threshold).to(tl.int32), 0) > 0:
+            if HAS_NAN:
+                # Selected as +inf, and remembered so its key says NaN.
+                nan = z != z
+                z = tl.where(nan, float("inf"), z)
             z = tl.where(valid[None, :], z, float("-inf"))
             z_max = tl.max(z, 1)
             need = z_max > threshold
@@ -171,7 +185,11 @@ def _topk_kernel(
                 take = need
                 if HAS_EXCLUDE:
                     take = take & ~_is_excluded(EXCL_ITEMS, excl_lo, excl_hi, item, search_steps)
-                key = _pack(z_max, item)
+                if HAS_NAN:
+                    is_nan = tl.max((nan & (cols[None, :] == col[:, None])).to(tl.int32), 1) > 0
+                else:
+                    is_nan = col < 0  # never
+                key = _pack(z_max, item, is_nan)
                 best = tl.where(take[:, None] & (best == worst[:, None]), key[:, None], best)
                 worst = tl.min(best, 1)
                 threshold = _threshold(worst, row_ok, K)
@@ -181,10 +199,12 @@ def _topk_kernel(
     tl.store(KEYS_PART + (split * B + row0 + rows)[:, None] * K + slots[None, :], best, mask=row_ok[:, None])
 
 
-def topk_keys(hidden, item_emb, item_scale, k: int, *, exclude=None, compute_dtype) -> torch.Tensor:
+def topk_keys(hidden, item_emb, item_scale, k: int, *, exclude=None, has_nan=False, compute_dtype) -> torch.Tensor:
     """(B, k) int64 packed keys of the top k items per row, best first (see
     ``unpack``). ``exclude``: ``(indptr (B + 1,), items, longest)`` in CSR form,
-    ``longest`` the longest row's count; excluded items are never returned."""
+    ``longest`` the longest row's count; excluded items are never returned.
+    ``has_nan``: some score may be NaN (non-finite inputs); NaN then ranks
+    first, as in a descending ``torch.sort``, instead of being skipped."""
     B, D = hidden.shape
     N = item_emb.shape[0]
     K = max(triton.next_power_of_2(k), 2)
@@ -192,7 +212,7 @@ def topk_keys(hidden, item_emb, item_scale, k: int, *, exclude=None, compute_dty
     cfg = choice.config
     row_tiles = triton.cdiv(B, cfg.block_rows)
     items_per_split, splits = config.split_work(N, cfg.block_items, row_tiles, hidden.device)
-    part = torch.empty(splits, B, K, device=hidden.device, dtype=torch.int64)
+    part = config.output((splits, B, K), torch.int64, hidden.device)
     if exclude is None:
         indptr = items = part  # unread
         search_steps = 0
@@ -202,10 +222,10 @@ def topk_keys(hidden, item_emb, item_scale, k: int, *, exclude=None, compute_dty
                                        output_size=items.numel())
         items = torch.sort(rows * N + items).values % N  # each row's list sorted
         search_steps = max(int(longest), 1).bit_length()
-    args = (hidden, item_emb, item_scale, indptr, items, part,
+    args = (hidden, item_emb, item_scale, indptr.contiguous(), items, part,
             B, N, D, items_per_split, search_steps,
             hidden.stride(0), hidden.stride(1), item_emb.stride(0), item_emb.stride(1))
-    meta = dict(K=K, BLOCK_D=config.block_d(D), HAS_EXCLUDE=exclude is not None,
+    meta = dict(K=K, BLOCK_D=config.block_d(D), HAS_EXCLUDE=exclude is not None, HAS_NAN=bool(has_nan),
                 DOT_DTYPE=config.dot_dtype(compute_dtype), UPCAST=config.upcast_dot(),
                 PRECISION=config.dot_precision(compute_dtype))
     config.launch(_topk_kernel, choice, lambda m: (row_tiles, splits), args, meta)

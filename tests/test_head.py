@@ -53,3 +53,14 @@ def test_scores_are_dense_logits(device):
 def test_bad_construction(kwargs):
     with pytest.raises(ValueError):
         tf.NormalizedSoftmaxHead(**kwargs)
+
+
+def test_padding_row_zeroed_in_place_without_a_copy_of_the_table_gradient():
+    """The table's gradient is the op's own buffer, with the padding row zeroed
+    in it (before: a hook cloned the whole (N, d) gradient every step)."""
+    head = tf.NormalizedSoftmaxHead(50, 16, padding_idx=0)
+    seen = []
+    head.weight.register_hook(lambda grad: seen.append(grad.data_ptr()))
+    head(torch.randn(8, 16), torch.randint(1, 50, (8,))).backward()
+    assert head.weight.grad.data_ptr() == seen[0]
+    assert (head.weight.grad[0] == 0).all() and head.weight.grad[1:].abs().sum() > 0

@@ -67,7 +67,7 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
         self.weight = nn.Parameter(torch.empty(num_items, dim, device=device, dtype=dtype))
         self.reset_parameters()
         if padding_idx is not None:
-            self.weight.register_hook(self._zero_padding_grad)
+            self.weight.register_post_accumulate_grad_hook(self._zero_padding_grad)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.dim))
@@ -75,10 +75,10 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
             with torch.no_grad():
                 self.weight[self.padding_idx].zero_()
 
-    def _zero_padding_grad(self, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        grad[self.padding_idx] = 0
-        return grad
+    def _zero_padding_grad(self, weight: Tensor) -> None:
+        # In place, once the gradient is accumulated: a hook returning a new
+        # gradient would copy the whole (N, d) table gradient every step.
+        weight.grad[self.padding_idx] = 0
 
     def forward(
         self,

@@ -113,10 +113,12 @@ class _Evaluator:
         ranks = []
         for start in range(lo, lo + max(per_rank, 1), step):
             start, stop = min(start, hi), min(start + step, hi)
+            sub = (indptr[start : stop + 1] - indptr[start], items[indptr[start] : indptr[stop]])
+            # Ranked in the training's compute dtype (bf16 autocast on CUDA:
+            # the fused kernels; fp32 on CPU), not upcast to fp32 first.
             with autocast(self.config.device, self.config.amp):
                 hidden = model.predict_hidden(hist[start:stop], device)
-            sub = (indptr[start : stop + 1] - indptr[start], items[indptr[start] : indptr[stop]])
-            ranks.append(self._rank(model, hidden.float(), torch.as_tensor(targets[start:stop], device=device), sub))
+                ranks.append(self._rank(model, hidden, torch.as_tensor(targets[start:stop], device=device), sub))
         ranks = torch.cat(ranks)
         ranks = (runtime.gather_ranks(ranks) if world > 1 else ranks).cpu().numpy()
         out = metrics_from_ranks(ranks)
@@ -126,10 +128,13 @@ class _Evaluator:
 
     @staticmethod
     def _rank(model, hidden, targets, exclude):
+        table = model.item_table
+        if not torch.is_autocast_enabled(hidden.device.type):
+            hidden, table = hidden.float(), table.float()
         if model.sharded:
-            return sharded_target_rank(hidden, model.item_table.float(), targets, shard_start=model.table_rows[0],
+            return sharded_target_rank(hidden, table, targets, shard_start=model.table_rows[0],
                                        num_items=model.num_items + 1, exclude=exclude, **model.head.options._asdict())
-        return target_rank(hidden, model.item_table.float(), targets, exclude=exclude, **model.head.options._asdict())
+        return target_rank(hidden, table, targets, exclude=exclude, **model.head.options._asdict())
 
 
 def autocast(device, amp: bool | None = None):

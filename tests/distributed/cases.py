@@ -64,18 +64,65 @@ def objective(out):
     return value + 0.01 * out.lse.square().sum() if isinstance(out, tuple) else value
 
 
-def ranking_rank(rank, world, k):
-    hidden, table, targets, _, sizes = make_data(world, torch.float64)
+def ranking_data(world, dtype=torch.float64, ties=False):
+    """make_data's queries and table; with ``ties``, copies of targets sit in
+    every shard (exact ties with the target, counted against it wherever they are)."""
+    hidden, table, targets, _, sizes = make_data(world, dtype)
+    targets = targets.clamp_min(0)
+    if ties:
+        for r in range(world):
+            start, stop = shard_range(N, r, world)
+            table[stop - 1] = table[targets[r]]
+    return hidden, table, targets, sizes
+
+
+def ranking_rank(rank, world, k, impl="auto", dtype=torch.float64, ties=False):
+    hidden, table, targets, sizes = ranking_data(world, dtype, ties)
     own = rows_of(rank, sizes)
     start, stop = shard_range(N, rank, world)
     exclude = exclusions(sizes)
     indptr, items = exclude
     lo, hi = int(indptr[own.start]), int(indptr[own.stop])
     mine = (indptr[own.start : own.stop + 1] - lo, items[lo:hi])
-    ranks = sharded_target_rank(hidden[own], table[start:stop], targets[own].clamp_min(0), shard_start=start,
-                                num_items=N, exclude=mine)
-    top = sharded_topk_scores(hidden[own], table[start:stop], k, shard_start=start, num_items=N, exclude=mine)
+    # Strided views, as a caller slicing a batch passes them.
+    t_view = torch.stack([targets[own], targets[own]], 1)[:, 0]
+    ranks = sharded_target_rank(hidden[own], table[start:stop], t_view, shard_start=start, num_items=N,
+                                exclude=mine, impl=impl)
+    top = sharded_topk_scores(hidden[own], table[start:stop], k, shard_start=start, num_items=N, exclude=mine,
+                              impl=impl)
     return {"ranks": ranks, "values": top.values, "indices": top.indices}
+
+
+def rank_memory_rank(rank, world, rows_per_rank):
+    """The most score elements the sharded rank holds at once (torch path, 4
+    rows a chunk) with ``rows_per_rank`` rows on every rank."""
+    from tfllmer_fast.reference import ranking
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(rows_per_rank * world, D, generator=gen)
+    table = torch.randn(N, D, generator=gen)
+    targets = torch.randint(0, N, (rows_per_rank * world,), generator=gen)
+    own = slice(rank * rows_per_rank, (rank + 1) * rows_per_rank)
+    start, stop = shard_range(N, rank, world)
+    import weakref
+
+    largest = {"elements": 0}
+    alive: list = []
+    original = ranking._Scorer.__call__
+
+    def counting(self, *args, **kwargs):
+        scores = original(self, *args, **kwargs)
+        alive[:] = [ref for ref in alive if ref() is not None] + [weakref.ref(scores)]
+        largest["elements"] = max(largest["elements"], sum(ref().numel() for ref in alive))
+        return scores
+
+    ranking._Scorer.__call__ = counting
+    try:
+        sharded_target_rank(hidden[own], table[start:stop], targets[own], shard_start=start, num_items=N,
+                            impl="torch", chunk_size=4)
+    finally:
+        ranking._Scorer.__call__ = original
+    return largest
 
 
 def exclusions(sizes):

@@ -62,19 +62,36 @@ def test_gradients_compose_with_ddp_averaging(tmp_path):
     assert rel_err(torch.cat([g["dh"] for g in got]) / world, h.grad) < 1e-12
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_sharded_ranking_equals_single_process(world, tmp_path):
+@pytest.mark.parametrize("world,impl,dtype,ties", [
+    (2, "torch", torch.float64, False), (3, "torch", torch.float64, False),
+    (2, "triton", torch.float32, True), (3, "triton", torch.bfloat16, True), (3, "torch", torch.float32, True),
+])
+def test_sharded_ranking_equals_single_process(world, impl, dtype, ties, tmp_path):
+    """The fused counting kernel per shard (or the chunked reference) against
+    the single-process target_rank; with ``ties`` copies of targets sit in
+    every shard, and count against them wherever they are."""
     k = 7
-    got = run_workers(world, tmp_path, cases.ranking_rank, k)
-    hidden, table, targets, _, sizes = cases.make_data(world, torch.float64)
+    got = run_workers(world, tmp_path, cases.ranking_rank, k, impl, dtype, ties)
+    hidden, table, targets, sizes = cases.ranking_data(world, dtype, ties)
     exclude = cases.exclusions(sizes)
-    ranks = tf.target_rank(hidden, table, targets.clamp_min(0), exclude=exclude, impl="torch")
-    top = tf.topk_scores(hidden, table, k, exclude=exclude, impl="torch")
+    ranks = tf.target_rank(hidden, table, targets, exclude=exclude, impl=impl)
+    top = tf.topk_scores(hidden, table, k, exclude=exclude, impl=impl)
     for r, g in enumerate(got):
         own = cases.rows_of(r, sizes)
         assert torch.equal(g["ranks"], ranks[own]), f"rank {r}"
         assert torch.equal(g["indices"], top.indices[own]), f"rank {r} top-k ids"
-        assert torch.allclose(g["values"], top.values[own].float(), rtol=1e-6)
+        assert torch.allclose(g["values"].double(), top.values[own].double(), rtol=1e-6)
+
+
+def test_sharded_rank_memory_does_not_grow_with_the_users(tmp_path):
+    """One chunk of scores at a time: at most 4 rows x the shard held, for 8 or
+    64 users a rank alike (before: every chunk was kept, B x shard)."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    small = run_workers(2, tmp_path / "small", cases.rank_memory_rank, 8)
+    large = run_workers(2, tmp_path / "large", cases.rank_memory_rank, 64)
+    for s, g in zip(small, large):
+        assert s["elements"] == g["elements"] and 0 < g["elements"] <= 4 * 12
 
 
 @pytest.mark.parametrize("what,message", [("gap", "must tile"), ("short", "cover 22 rows"),

@@ -3,10 +3,11 @@
 Forward, per step: the ranks' queries and targets are all-gathered (data-
 parallel backbones, B = the sum of every rank's rows); each rank runs the
 single-process op (``normalized_softmax_ce``, fused kernel or reference) on
-its shard for all B rows and keeps only the per-row log-sum-exp; the global
-log-sum-exp is the log-sum-exp of the ranks' pieces (an all-gather of B floats
-per rank), the target logit comes from the rank that owns the target (an
-all-reduce of B floats) and, with label smoothing, the table's sum of
+its shard for all B rows, the rows' targets that it owns as targets; the
+global log-sum-exp is the log-sum-exp of the ranks' pieces (an all-gather of B
+floats per rank), the target logit (the owner's lse minus its row loss, so the
+op's own arithmetic) comes from the rank that owns the target (an all-reduce
+of B floats) and, with label smoothing, the table's sum of
 normalized rows from an all-reduce of d floats. Nothing of size B x N, or
 N x d, ever crosses ranks.
 
@@ -109,28 +110,30 @@ def sharded_normalized_softmax_ce(
 
     shard = _ScaleGrad.apply(item_shard, 1.0 / world) if item_shard.requires_grad else item_shard
     n_local = shard.shape[0]
+    local_t = t_all - shard_start
+    owned = (t_all != loss_opts.ignore_index) & (local_t >= 0) & (local_t < n_local)
     if n_local:
+        # One call gives the shard's log-sum-exp and, for the rows whose target
+        # this shard owns, lse - target logit: the target logit then comes from
+        # the op's own arithmetic (its roundings, its fp32 treatment of p_t),
+        # not from a second computation beside it.
         local = normalized_softmax_ce(
-            h_all, shard, torch.full_like(t_all, -100), **head._asdict(), ignore_index=-100,
+            h_all, shard, torch.where(owned, local_t, -100), **head._asdict(), ignore_index=-100,
             reduction="none", return_lse=True, impl=impl, check_inputs=check_inputs, chunk_size=chunk_size,
         )
         local_lse = local.lse
+        target_logit = all_reduce_sum(torch.where(owned, local.lse - local.loss, 0.0), group)
     else:
-        local_lse = h_all.new_full((h_all.shape[0],), float("-inf"), dtype=torch.float32)
+        work = torch.float64 if h_all.dtype == torch.float64 else torch.float32
+        local_lse = h_all.new_full((h_all.shape[0],), float("-inf"), dtype=work)
+        target_logit = all_reduce_sum(h_all.new_zeros(h_all.shape[0], dtype=work), group)
     pieces, _ = gather_rows(local_lse[None, :], group)
     lse = torch.logsumexp(pieces, dim=0)
-
-    # The target logit, from the rank that owns the target, in fp32.
-    h_scaled = _scaled_queries(h_all, head)
-    local_t = t_all - shard_start
-    owned = (t_all != loss_opts.ignore_index) & (local_t >= 0) & (local_t < n_local)
-    rows_e = _normalized(shard[local_t.clamp(0, max(n_local - 1, 0))], head) if n_local else h_scaled * 0
-    target_logit = all_reduce_sum(torch.where(owned, (h_scaled * rows_e).sum(1), 0.0), group)
 
     row_loss = lse - (1.0 - loss_opts.label_smoothing) * target_logit
     if loss_opts.label_smoothing > 0:
         table_sum = all_reduce_sum(_normalized(shard, head).sum(0), group)
-        row_loss = row_loss - (loss_opts.label_smoothing / num_items) * (h_scaled @ table_sum)
+        row_loss = row_loss - (loss_opts.label_smoothing / num_items) * (_scaled_queries(h_all, head) @ table_sum)
     own = slice(offset, offset + h_own.shape[0])
     rows = torch.where(valid_own, row_loss[own], 0.0)
     loss = reduce_rows(rows, t_own, weight, loss_opts.ignore_index, reduction, targets.shape)
@@ -174,7 +177,7 @@ class ShardedNormalizedSoftmaxHead(HeadOptionsView, nn.Module):
         if padding_idx is not None and self.owns(padding_idx):
             with torch.no_grad():
                 self.weight[padding_idx - self.shard_start].zero_()
-            self.weight.register_hook(self._zero_padding_grad)
+            self.weight.register_post_accumulate_grad_hook(self._zero_padding_grad)
 
     def reset_parameters(self, std: float) -> None:
         """Normal(0, std) rows drawn for the whole table, this rank keeping its
@@ -187,10 +190,9 @@ class ShardedNormalizedSoftmaxHead(HeadOptionsView, nn.Module):
     def owns(self, item: int) -> bool:
         return self.shard_start <= item < self.shard_stop
 
-    def _zero_padding_grad(self, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        grad[self.padding_idx - self.shard_start] = 0
-        return grad
+    def _zero_padding_grad(self, weight: Tensor) -> None:
+        # In place once accumulated, not a copy of the shard's gradient per step.
+        weight.grad[self.padding_idx - self.shard_start] = 0
 
     def forward(self, hidden: Tensor, targets: Tensor, *, weight: Tensor | None = None, reduction: str = "mean",
                 label_smoothing: float = 0.0, return_lse: bool = False):

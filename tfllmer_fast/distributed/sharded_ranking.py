@@ -4,7 +4,8 @@ Queries, targets and exclusion lists (global ids) are all-gathered; each rank
 scores all rows against its shard. ``sharded_target_rank``: the target's
 score comes from the rank that owns it (an all-reduce of B floats), each rank
 counts its own items that score at least as high (excluding its share of the
-exclusion lists), and one all-reduce of B counts sums them.
+exclusion lists) with the fused counting kernel or the chunked reference,
+and one all-reduce of B counts sums them.
 ``sharded_topk_scores``: each rank's top-k in global ids, one all-gather of
 (B, k) candidates, and a merge with ties to the smaller global id.
 """
@@ -15,9 +16,12 @@ import torch
 from torch import Tensor
 
 from ..ops import _checks
-from ..ops.ranking import TopK, topk_scores
+from ..ops._kernels import kernels
+from ..ops._library import without_autocast_context
+from ..ops._scales import item_scale
+from ..ops.ranking import TopK, may_score_nan, topk_scores, unique_exclusions
 from ..options import DEFAULT_TEMPERATURE, HeadOptions
-from ..reference.normalized_ce import CHUNK_BYTES, normalized_logits
+from ..reference.ranking import count_against_reference, target_scores_reference
 from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world
 
 
@@ -52,10 +56,19 @@ def _prepare(hidden, item_shard, shard_start, num_items, exclude, process_group,
 
 def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, shard_start: int, num_items: int,
                         exclude=None, process_group=None, normalize_items: bool = True, normalize_hidden: bool = False,
-                        temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
+                        temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12, impl: str = "auto",
                         chunk_size: int | None = None) -> Tensor:
     """``target_rank`` of this rank's rows against the sharded table: (B,) int64.
-    ``targets`` and ``exclude`` (CSR ``(indptr, items)``) are in global ids."""
+    ``targets`` and ``exclude`` (CSR ``(indptr, items)``) are in global ids.
+
+    The rank that owns a row's target scores it first (the fused counting
+    kernel's own expression, or the chunked reference's matmul), an
+    all-reduce of B floats hands the score to every rank, each counts its own
+    candidates against it (the same expression, so an item on another shard
+    equal to the target ties with it), and an all-reduce of B counts sums
+    them. ``impl``: ``"triton"`` (no scores held beyond a tile), ``"torch"``
+    (one chunk of scores at a time), ``"auto"``. Memory does not grow with
+    the number of rows beyond O(B)."""
     options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
                    eps=eps)
     group, head, h_all, (indptr, ex_items), own = _prepare(hidden, item_shard, shard_start, num_items, exclude,
@@ -64,42 +77,40 @@ def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, 
     _checks.raise_on_invalid_targets(targets, num_items, ignore_index=-(2**62))
     t_all, _ = gather_rows(targets.long(), group)
     n_local = item_shard.shape[0]
+    dtype = _checks.compute_dtype(h_all, item_shard)
+    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
     with torch.no_grad():
         local_t = t_all - shard_start
-        owned = (local_t >= 0) & (local_t < n_local)
-        step = chunk_size or max(1, CHUNK_BYTES // (4 * max(n_local, 1)))
-        scores = [normalized_logits(h_all[a : a + step], item_shard, **head._asdict()).float()
-                  for a in range(0, h_all.shape[0], step)] if n_local else []
-        target_score = torch.zeros(h_all.shape[0], device=hidden.device, dtype=torch.float32)
-        counts = torch.zeros(h_all.shape[0], device=hidden.device, dtype=torch.int64)
-        rows_seen = 0
-        for chunk in scores:
-            rows = torch.arange(rows_seen, rows_seen + chunk.shape[0], device=hidden.device)
-            mine = owned[rows]
-            picked = chunk[torch.arange(chunk.shape[0], device=hidden.device), local_t[rows].clamp(0, n_local - 1)]
-            target_score[rows] = torch.where(mine, picked, 0.0)
-            rows_seen += chunk.shape[0]
-        target_score = all_reduce_sum(target_score, group)
-        rows_seen = 0
-        for chunk in scores:
-            rows = torch.arange(rows_seen, rows_seen + chunk.shape[0], device=hidden.device)
-            _mask_exclusions(chunk, rows, indptr, ex_items, shard_start, n_local)
-            local_rows = torch.arange(chunk.shape[0], device=hidden.device)
-            chunk[local_rows[owned[rows]], local_t[rows][owned[rows]]] = float("-inf")  # never counts itself
-            counts[rows] = (chunk >= target_score[rows, None]).sum(1)
-            rows_seen += chunk.shape[0]
+        t_here = torch.where((local_t >= 0) & (local_t < n_local), local_t, -1)
+        local = _local_exclusions(indptr, ex_items, shard_start, n_local, h_all.shape[0])
+        if impl == "triton":
+            r = item_scale(item_shard, head)
+            has_nan = may_score_nan(h_all, item_shard)
+            _, score = kernels().target_rank_counts(h_all, item_shard, r, t_here, count=False,
+                                                    compute_dtype=dtype)
+            score = all_reduce_sum(torch.where(t_here >= 0, score, 0.0), group)
+            exclude_local = unique_exclusions(*local, h_all.shape[0], max(n_local, 1))
+            counts, _ = kernels().target_rank_counts(h_all, item_shard, r, t_here, exclude=exclude_local,
+                                                     target_score=score, has_nan=has_nan, compute_dtype=dtype)
+        else:
+            with without_autocast_context():
+                h_op, e_op = h_all.to(dtype), item_shard.to(dtype)
+                score = target_scores_reference(h_op, e_op, t_here, chunk_size=chunk_size, **head._asdict())
+                score = all_reduce_sum(torch.where(t_here >= 0, score, 0.0), group)
+                counts = count_against_reference(h_op, e_op, t_here, score, exclude=local, chunk_size=chunk_size,
+                                                 **head._asdict())
         counts = all_reduce_sum(counts, group)
     return 1 + counts[own]
 
 
-def _mask_exclusions(chunk, rows, indptr, items, shard_start, n_local):
-    lo, hi = int(indptr[rows[0]]), int(indptr[rows[-1] + 1])
-    if hi == lo:
-        return
-    row_of = torch.repeat_interleave(torch.arange(rows.numel(), device=chunk.device), indptr[rows + 1] - indptr[rows])
-    local = items[lo:hi] - shard_start
+def _local_exclusions(indptr: Tensor, items: Tensor, shard_start: int, n_local: int, num_rows: int):
+    """The gathered rows' exclusion lists cut to this shard's items, in local ids (CSR)."""
+    local = items - shard_start
     keep = (local >= 0) & (local < n_local)
-    chunk[row_of[keep], local[keep]] = float("-inf")
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=items.device), indptr.diff(),
+                                   output_size=items.numel())
+    counts = torch.bincount(rows[keep], minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), local[keep]
 
 
 def sharded_topk_scores(hidden: Tensor, item_shard: Tensor, k: int, *, shard_start: int, num_items: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -60,6 +61,8 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int, 
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         use = device.type == "cuda" and dtype in FLOAT_DTYPES and _kernels_serve(dim, device, dtype)
+        if device.type == "cuda" and not use:
+            _warn_once_off_kernels(dim, device, dtype, fallback)
         return "triton" if use else fallback
     if impl == "triton":
         if dtype in FLOAT_DTYPES and not _kernels_serve(dim, device, dtype):
@@ -80,6 +83,24 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int, 
                 "importing tfllmer_fast to run the kernels on CPU tensors through Triton's interpreter"
             )
     return impl
+
+
+_WARNED: set = set()
+
+
+def _warn_once_off_kernels(dim: int, device: torch.device, dtype: torch.dtype, fallback: str) -> None:
+    """A CUDA call that leaves the kernels says so, once per width, dtype and precision."""
+    precision = torch.get_float32_matmul_precision()
+    key = (dim, str(device), dtype, precision, fallback)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(
+        f"tfllmer_fast: no Triton kernel config for width {dim} with {dtype} operands on {device} (fp32 matmul "
+        f"precision {precision!r}): impl='auto' takes impl={fallback!r}, plain torch in GPU-sized chunks. "
+        "bf16 autocast, or torch.set_float32_matmul_precision('high'), keeps the fused kernels",
+        stacklevel=3,
+    )
 
 
 def invalid_targets(targets: torch.Tensor, num_items: int, ignore_index: int) -> torch.Tensor:

@@ -73,8 +73,26 @@ def normalized_softmax_ce(
     probabilities all fall below a threshold), and they are deterministic (no
     atomics). Gradients for ``item_emb`` are computed only when it requires grad.
 
+    Precision of ``impl="triton"``: the logits accumulate in fp32 from the
+    operands rounded once to the compute dtype (the queries as given, or as
+    autocast rounds them, one rounding for the log-sum-exp and the target
+    logit alike; the item rows ``e_j / ||e_j||`` as one table). In the
+    gradients each p meets a 16-bit operand (as in torch's own bf16 / fp16
+    backward), except each row's target term ``a p_t - (1 - eps) b``, which is
+    formed and applied in fp32, so confident rows keep their gradient; fp16
+    probabilities are scaled by 2^15 first (normal down to p = 1.9e-9).
+    Measured against fp64 (bf16, B = 16, N = 256, d = 32): the target rows'
+    dE median relative error 0.30 / 0.31 / 0.47 % at 1 - p_t = 1e-2 / 1e-3 /
+    1e-4, where the torch bf16 path has 0.98 / 0.36 / 1.0 %. The tests hold
+    every row of dH and dE within three times the same-dtype torch error plus
+    the rounding floor ``4 (u |G| + delta |a| p (1 - p) + 2^-23 |terms|)``
+    (``u`` the operand roundoff, ``delta`` = (u + 2^-20) (1 + max |logit|)),
+    ``tests/ops/test_properties_ce.py``.
+
     Out-of-range targets raise on CPU; on CUDA their rows become NaN (no host
-    sync) unless ``check_inputs=True``, which also rejects NaN/Inf inputs.
+    sync) and so do the gradients (an AMP step's inf / NaN check then skips
+    the step), unless ``check_inputs=True``, which raises, and also rejects
+    NaN/Inf inputs.
     Rows of ``item_emb`` with norm below ``eps`` (a zero padding row) take the
     eps path exactly as ``F.normalize`` does.
 
@@ -115,7 +133,7 @@ def normalized_softmax_ce(
                         targets.shape)
     if impl == "triton":
         compute_o = hidden.requires_grad and torch.is_grad_enabled()
-        rows, lse, _ = normalized_ce_triton.normalized_ce_fwd(
+        rows, lse, _, _ = normalized_ce_triton.normalized_ce_fwd(
             h2, item_emb, t1, *head, *loss_opts, dtype, compute_o, bool(check_inputs)
         )
     else:
@@ -142,7 +160,7 @@ def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, c
     grad = torch.is_grad_enabled() and reduction != "none"
     loss, rows, lse, _, _ = normalized_ce_chunked.normalized_ce_chunked(
         h2, item_emb, torch.where(valid & ~bad, t1, 0), coef, *head, *loss_opts,
-        chunk_size or normalized_ce_chunked.chunk_rows(N), grad and h2.requires_grad,
+        chunk_size or normalized_ce_chunked.chunk_rows(N, h2.device), grad and h2.requires_grad,
         grad and item_emb.requires_grad,
     )
     if reduction == "mean":

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..options import HeadOptions
-from ._library import HEAD_FIELDS, LOSS_FIELDS, define_op, head_options, loss_options
+from ._library import HEAD_FIELDS, LOSS_FIELDS, define_op, head_options, loss_options, without_autocast
 from ._scales import item_scale, row_scale
 from .normalized_ce_triton import hidden_grad
 
@@ -34,9 +34,16 @@ from .normalized_ce_triton import hidden_grad
 CHUNK_BYTES = 64 * 2**20
 EXP_FLOOR = -60.0
 CHUNK_ROWS = (16, 128)
+# On a GPU (a width or dtype the kernels do not serve) each chunk is a large
+# matmul: about this many bytes of fp32 logits, at least 256 rows.
+GPU_CHUNK_BYTES = 2**30
+GPU_MIN_ROWS = 256
 
 
-def chunk_rows(num_items: int) -> int:
+def chunk_rows(num_items: int, device: torch.device | None = None) -> int:
+    """Rows per chunk: tuned for a 2-core CPU there, GPU-sized on CUDA."""
+    if device is not None and torch.device(device).type == "cuda":
+        return max(GPU_MIN_ROWS, GPU_CHUNK_BYTES // (4 * max(num_items, 1)))
     low, high = CHUNK_ROWS
     return max(low, min(high, CHUNK_BYTES // (4 * max(num_items, 1))))
 
@@ -121,8 +128,9 @@ def _chunked_fake(hidden, item_emb, targets, coef, *args):
         hidden.new_empty((), dtype=work),
         hidden.new_empty(B, dtype=work),
         hidden.new_empty(B, dtype=work),
-        torch.empty_like(hidden) if want_dh else hidden.new_empty(0),
-        torch.empty_like(item_emb) if want_de else item_emb.new_empty(0),
+        # The real op returns contiguous gradients whatever the inputs' layouts.
+        hidden.new_empty(hidden.shape) if want_dh else hidden.new_empty(0),
+        item_emb.new_empty(item_emb.shape) if want_de else item_emb.new_empty(0),
     )
 
 
@@ -155,4 +163,5 @@ def _backward(ctx, grad_loss, grad_rows, grad_lse, grad_dh, grad_de):
     return (grad_hidden, grad_items, None, grad_coef) + (None,) * (ctx.num_inputs - 4)
 
 
-torch.library.register_autograd("tfllmer_fast::normalized_ce_chunked", _backward, setup_context=_setup_context)
+torch.library.register_autograd("tfllmer_fast::normalized_ce_chunked", without_autocast(_backward),
+                                setup_context=_setup_context)

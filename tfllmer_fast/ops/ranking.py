@@ -15,7 +15,7 @@ from ..options import DEFAULT_TEMPERATURE, HeadOptions
 from ..reference.ranking import target_rank_reference, topk_reference
 from . import _checks
 from ._kernels import kernels
-from ._library import HEAD_FIELDS, define_op, head_options
+from ._library import HEAD_FIELDS, define_op, head_options, without_autocast_context
 from ._scales import item_scale, row_scale
 
 
@@ -37,7 +37,7 @@ def _check_common(hidden, item_emb, exclude):
         return None
     indptr, items = (torch.as_tensor(x, device=hidden.device) for x in exclude)
     if torch.compiler.is_compiling():
-        return indptr.long(), items.long()
+        return indptr.long().contiguous(), items.long().contiguous()
     _checks.check_index_tensor("exclude indptr", indptr)
     _checks.check_index_tensor("exclude items", items)
     if indptr.dim() != 1 or indptr.numel() != hidden.shape[0] + 1:
@@ -46,7 +46,7 @@ def _check_common(hidden, item_emb, exclude):
         raise ValueError(f"exclude items must lie in [0, {item_emb.shape[0]})")
     if int(indptr[0]) != 0 or int(indptr[-1]) != items.numel() or bool((indptr[1:] < indptr[:-1]).any()):
         raise ValueError("exclude indptr must start at 0, never decrease and end at len(items)")
-    return indptr.long(), items.long()
+    return indptr.long().contiguous(), items.long().contiguous()
 
 
 def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=None, normalize_items: bool = True,
@@ -57,7 +57,10 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
     hidden (B, d), item_emb (N, d), targets (B,); ``exclude`` a CSR pair
     ``(indptr (B + 1,), items)`` of items to leave out per row (the target is
     never excluded). rank = 1 + the number of other candidates whose score is
-    >= the target's: ties count against the target. ``impl``: ``"triton"`` (one
+    >= the target's: ties count against the target (every score, the
+    target's included, comes from one expression, so an item equal to the
+    target ties with it exactly, excluded or not). NaN never makes a hit: a
+    NaN item counts against the target, a NaN target ranks last. ``impl``: ``"triton"`` (one
     pass over the items, no B x N tensor), ``"torch"`` (the chunked reference),
     ``"auto"``. Plain torch equivalent::
 
@@ -73,11 +76,12 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
         _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
     dtype = _checks.compute_dtype(hidden, item_emb)
     impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
-    targets = targets.long()
+    targets = targets.long().contiguous()  # a strided view (seq[:, -1]) is read as laid out
     with torch.no_grad():
         if impl == "torch":
-            return target_rank_reference(hidden, item_emb, targets, exclude=exclude, chunk_size=chunk_size,
-                                         **head._asdict())
+            with without_autocast_context():
+                return target_rank_reference(hidden.to(dtype), item_emb.to(dtype), targets, exclude=exclude,
+                                             chunk_size=chunk_size, **head._asdict())
         indptr, items = exclude if exclude is not None else (None, None)
         return _target_rank_op(hidden, item_emb, targets, indptr, items, *head, dtype)
 
@@ -89,21 +93,31 @@ def _target_rank_triton(hidden: Tensor, item_emb: Tensor, targets: Tensor, exclu
     # A positive row scale (temperature, query norm) does not change a row's
     # order: the kernel ranks by <h, e_j> r_j alone.
     r = item_scale(item_emb, head)
-    counts, target_score = kernels().target_rank_counts(hidden, item_emb, r, targets, compute_dtype=compute_dtype)
+    exclude = None
     if exclude_indptr is not None:
-        # Excluded items that outscore the target were counted: take them back out
-        # (each once, and never the target itself).
-        n = item_emb.shape[0]
-        rows = torch.repeat_interleave(torch.arange(hidden.shape[0], device=hidden.device), exclude_indptr.diff(),
-                                       output_size=exclude_items.numel())
-        keys = torch.unique(rows * n + exclude_items)
-        rows, items = keys // n, keys % n
-        keep = items != targets[rows]
-        rows, items = rows[keep], items[keep]
-        dots = (hidden[rows].to(compute_dtype).float() * item_emb[items].to(compute_dtype).float()).sum(1)
-        scores = r[items] * dots
-        counts = counts - torch.bincount(rows[scores >= target_score[rows]], minlength=hidden.shape[0])
+        exclude = unique_exclusions(exclude_indptr, exclude_items, hidden.shape[0], item_emb.shape[0])
+    counts, _ = kernels().target_rank_counts(hidden, item_emb, r, targets.long(), exclude=exclude,
+                                             has_nan=may_score_nan(hidden, item_emb), compute_dtype=compute_dtype)
     return 1 + counts
+
+
+def may_score_nan(hidden: Tensor, item_emb: Tensor) -> bool:
+    """Whether a score can be NaN: some input is not finite (a synchronizing
+    check; the ranking kernels then take their NaN-aware path)."""
+    return not bool(torch.isfinite(hidden).all() & torch.isfinite(item_emb).all())
+
+
+def unique_exclusions(indptr: Tensor, items: Tensor, num_rows: int, num_items: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A CSR exclusion list with each row's items sorted and without repeats:
+    ``(indptr (B + 1,) int64, items int32, rows int32)``, contiguous, ``rows`` the
+    row of each entry (the kernels read these, whatever layout the caller passed)."""
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=items.device), indptr.diff(),
+                                   output_size=items.numel())
+    keys = torch.unique(rows * num_items + items.long())
+    rows, items = keys // num_items, keys % num_items
+    counts = torch.bincount(rows, minlength=num_rows)
+    # Ids and rows in int32 (both below 2^31) keep the kernel's gathered tiles small.
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), items.int(), rows.int()
 
 
 _target_rank_op = define_op(
@@ -118,8 +132,9 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
                 normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
                 impl: str = "auto", chunk_size: int | None = None) -> TopK:
     """The k best items per row: ``TopK(values, indices)``, each (B, k), sorted
-    by score (ties to the smaller item id); excluded items never appear (a row
-    with fewer than k candidates pads with score -inf and index -1).
+    by score (ties to the smaller item id; a NaN score first, as a descending
+    ``torch.sort`` puts it); excluded items never appear (a row with fewer
+    than k candidates pads with score -inf and index -1).
 
     ``impl="triton"`` keeps a running top-K per row in one pass over the items
     (K = k rounded up to a power of two, at most ``tfllmer_fast.kernels.topk_max_k()``;
@@ -144,8 +159,9 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
         impl = "torch"
     with torch.no_grad():
         if impl == "torch":
-            values, indices = topk_reference(hidden, item_emb, int(k), exclude=exclude, chunk_size=chunk_size,
-                                             **head._asdict())
+            with without_autocast_context():
+                values, indices = topk_reference(hidden.to(dtype), item_emb.to(dtype), int(k), exclude=exclude,
+                                                 chunk_size=chunk_size, **head._asdict())
         else:
             indptr, items = exclude if exclude is not None else (None, None)
             longest = int(indptr.diff().max()) if exclude is not None and hidden.shape[0] else 0
@@ -158,7 +174,8 @@ def _topk_triton(hidden: Tensor, item_emb: Tensor, exclude_indptr: Optional[Tens
     head, compute_dtype = head_options(args, 0), args[HEAD_FIELDS]
     r = item_scale(item_emb, head)
     exclude = None if exclude_indptr is None else (exclude_indptr, exclude_items, longest)
-    keys = kernels().topk_keys(hidden, item_emb, r, k, exclude=exclude, compute_dtype=compute_dtype)
+    keys = kernels().topk_keys(hidden, item_emb, r, k, exclude=exclude, has_nan=may_score_nan(hidden, item_emb),
+                               compute_dtype=compute_dtype)
     scores, indices = kernels().unpack_topk_keys(keys)
     # The kernel ranks by <h, e_j> r_j; the row scale enters the values only.
     return scores * row_scale(hidden, head)[:, None], indices
