@@ -64,7 +64,7 @@ setup(
         "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pandas", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "pandas", "matplotlib"],
         "plot": ["matplotlib"],
         "bench": ["pytest-benchmark", "cut-cross-entropy", "liger-kernel"],
         "gpu": ["cupy-cuda12x"],
