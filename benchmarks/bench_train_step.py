@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tfllmer_fast.models import build_model
-from tfllmer_fast.models.base import PAD
+from tfllmer_fast.models.base import real_rows
 from tfllmer_fast.reference import plain_normalized_ce
 from tfllmer_fast.timing import peak_extra_memory, synchronize
 from tfllmer_fast.train import TrainConfig, TrainStep, make_optimizer
@@ -28,11 +28,11 @@ def _step_fn(head, num_items, batch, device, amp):
     users = min(batch * 4, 20_000)
     indptr, items = synthetic_interactions(users, num_items, users * 20, min_length=51)
     seqs = [items[indptr[u] : indptr[u + 1]].astype(np.int64) for u in range(batch)]
-    inputs, targets = (t.to(device) for t in model.make_batch(seqs, np.random.default_rng(0)))
+    inputs, targets = model.make_batch(seqs, np.random.default_rng(0))  # TrainStep moves the batch
 
-    def plain_head(hidden, targets):
-        keep = targets != PAD  # the rows the fused head_loss takes, so both do the same work
-        return plain_normalized_ce(hidden[keep], model.item_table, targets[keep], **model.head.options._asdict())
+    def plain_head(hidden, targets, rows=None):
+        hidden, targets = real_rows(hidden, targets, rows)  # the rows the fused head_loss takes, the same work
+        return plain_normalized_ce(hidden, model.item_table, targets, **model.head.options._asdict())
 
     step = TrainStep(model, opt, device, amp, head=None if head == "fused" else plain_head)
     return lambda: step(inputs, targets)

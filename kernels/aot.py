@@ -28,11 +28,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime import jit as triton_jit
 
-from .config import Launch
+from .config import FAMILIES, Launch
 
-# (compute capability, shared memory per block the configs may use). sm_80's
-# configs also serve sm_86 / sm_89, whose opt-in limit (99 KB) is below the A100's 163 KB.
-TARGETS = {"sm_80": (80, 101_376), "sm_90": (90, 232_448)}
+# (compute capability, shared memory per block the configs may use), from the
+# families the tables claim: sm_80's configs also serve sm_86 / sm_89, whose
+# opt-in limit (99 KB) is below the A100's 163 KB.
+TARGETS = {name: (int(name[3:]), needs["shared_memory"]) for name, needs in FAMILIES.items()}
 
 
 @dataclass

@@ -66,7 +66,6 @@ class BlockConfig:
 INTERPRETER = BlockConfig(block_rows=16, block_items=32, num_warps=1, num_stages=1)
 
 
-ARCHS = ("sm_80", "sm_90")
 OPERANDS = ("16bit", "tf32", "tf32x3")
 
 
@@ -166,11 +165,37 @@ def autotune_enabled() -> bool:
     return os.environ.get("TFLLMER_FAST_AUTOTUNE", "0") == "1"
 
 
-def arch(device: torch.device) -> str:
-    """The table family of a CUDA device: "sm_90" from compute capability 9 on
-    (Hopper's wgmma), "sm_80" below."""
+# The families the tables claim, each with what a device needs to use them:
+# compute capabilities, and the opt-in shared memory per block the configs
+# were sized for (the compile gate compiles every config for the family's
+# target against that limit). Other devices (7.x, 10.x, 12.x today) are not
+# served: the ops take the torch path there and say so once.
+FAMILIES = {
+    "sm_90": {"capabilities": ((9, 0),), "shared_memory": 232_448},
+    "sm_80": {"capabilities": ((8, 0), (8, 6), (8, 7), (8, 9)), "shared_memory": 101_376},
+}
+
+
+def family(capability: tuple[int, int], shared_memory_optin: int) -> str | None:
+    """The table family for a device of ``capability`` with
+    ``shared_memory_optin`` bytes of shared memory per block, or None."""
+    for name, needs in FAMILIES.items():
+        if tuple(capability) in needs["capabilities"] and shared_memory_optin >= needs["shared_memory"]:
+            return name
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _device_family(index: int) -> str | None:
+    props = torch.cuda.get_device_properties(index)
+    optin = getattr(props, "shared_memory_per_block_optin", None) or getattr(props, "shared_memory_per_block", 0)
+    return family((props.major, props.minor), optin)
+
+
+def arch(device: torch.device) -> str | None:
+    """The table family of a CUDA device (see ``FAMILIES``), None when no table serves it."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return "sm_90" if torch.cuda.get_device_capability(index)[0] >= 9 else "sm_80"
+    return _device_family(index)
 
 
 def operand_kind(dtype: torch.dtype) -> str:
@@ -183,7 +208,8 @@ def served(table: KernelTable, size: int, device: torch.device, dtype: torch.dty
     interpreter serves every size some table lists)."""
     if interpreting() or device.type != "cuda":
         return size <= max(max(by_size) for by_size in table.defaults.values())
-    return size <= table.max_size(arch(device), operand_kind(dtype))
+    name = arch(device)
+    return name is not None and size <= table.max_size(name, operand_kind(dtype))
 
 
 def pick(table: KernelTable, size: int, device: torch.device, dtype: torch.dtype) -> Choice:
@@ -193,7 +219,11 @@ def pick(table: KernelTable, size: int, device: torch.device, dtype: torch.dtype
         return Choice(forced_cfg, (forced_cfg,))
     if interpreting():
         return Choice(table.interpreter, (table.interpreter,))
-    candidates = tuple(table.candidates(size, arch(device), operand_kind(dtype)))
+    name = arch(device)
+    if name is None:
+        raise RuntimeError(f"no kernel table serves {torch.cuda.get_device_name(device)} (families: "
+                           f"{', '.join(FAMILIES)}); the ops take the torch path there")
+    candidates = tuple(table.candidates(size, name, operand_kind(dtype)))
     if autotune_enabled() and table.autotune:
         return Choice(None, candidates)
     return Choice(candidates[0], candidates)

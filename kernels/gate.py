@@ -9,8 +9,10 @@ it and reads shared memory, registers, spills, tensor-core instructions and the
 main loop's instructions per logit.
 
 Tiers: ``ci`` is every launcher default at every width, in bf16 and fp32 (both
-precisions torch can ask for), every flag, both targets; ``full`` adds the
-autotune lists, fp16, and every top-k K (run it before each kernel change).
+precisions torch can ask for), every flag (top-k's NaN-aware path at the
+widest width, its worst case), both targets; ``full`` adds the autotune
+lists, fp16, every top-k K and the NaN-aware path at every width (run it
+before each kernel change).
 
     python -m tfllmer_fast.kernels.gate [--tier ci|full] [--jobs 2] [--json out.json]
 
@@ -44,7 +46,7 @@ DTYPES = {
     "fp32-highest": (torch.float32, "highest"),
 }
 CI_DTYPES = ("bf16", "fp32-tf32", "fp32-highest")
-TARGETS = ("sm_80", "sm_90")
+TARGETS = tuple(sorted(config.FAMILIES))  # every family the tables claim is a compile target
 # Odd sizes: no divisibility specialization on B or N, the general code path.
 GATE_ROWS = 333
 GATE_ITEMS = 1001
@@ -204,6 +206,10 @@ def _served(dim: int, target: str, operands: str) -> bool:
     return all(dim <= _module(n).TABLE.max_size(target, operands) for n in names)
 
 
+def _widest(target: str, operands: str) -> int:
+    return max(dim for dim in WIDTHS if _served(dim, target, operands))
+
+
 def variants(tier: str = "ci") -> list:
     """Every variant of the tier, in a stable order."""
     if tier not in ("ci", "full"):
@@ -219,6 +225,8 @@ def variants(tier: str = "ci") -> list:
                     for target in TARGETS:
                         if not _served(dim, target, _operands(dtype)):
                             continue  # the op layer takes the torch path there
+                        if tier == "ci" and dict(flags).get("nan") and dim != _widest(target, _operands(dtype)):
+                            continue  # the NaN-aware top-k at its worst case only: the widest served width
                         default = table.default(size, target, _operands(dtype))
                         configs = [default] if tier == "ci" else table.candidates(size, target, _operands(dtype))
                         for cfg in configs:

@@ -22,10 +22,12 @@ from .limits import bounded, validate_fields
 from .longtail import LongTailSettings, head_mask, item_counts, split_metrics
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
+from .models.base import PAD
 from .monitor import TableMonitor
 from .ops.ranking import target_rank
 from .optim import SAMSettings, optimizer_step, sharpness_aware
 from .options import DEFAULT_TEMPERATURE
+from .timing import synchronize
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +171,20 @@ class TrainStep:
         self.replicated = list(replicated or [])
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, phase=_no_phase) -> torch.Tensor:
+        """A batch on the host (as ``make_batch`` gives it) moves to the device
+        here, its count of real targets read on the host first, so the step
+        reads nothing back from the device (a batch already there costs one read)."""
+        rows = int((targets != PAD).sum()) if targets.device.type == "cpu" else None
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+
         def forward_backward(row_weight=None):
             with autocast(self.device, self.amp):
                 with phase("backbone forward"):
                     hidden = self.model.encode(inputs)
                 with phase("head forward"):
-                    loss = (self.head(hidden, targets) if row_weight is None
-                            else self.head(hidden, targets, row_weight=row_weight))
+                    loss = (self.head(hidden, targets, rows=rows) if row_weight is None
+                            else self.head(hidden, targets, row_weight=row_weight, rows=rows))
             self.optimizer.zero_grad(set_to_none=True)
             with phase("backward"):
                 loss.backward()
@@ -257,7 +266,8 @@ class Trainer:
         self.model.train()
         rng = np.random.default_rng([cfg.seed, self.epoch])  # order depends on (seed, epoch) only: exact resume
         order = rng.permutation(len(self.train_sequences))
-        losses, step_times = [], []
+        losses = []
+        tic = time.perf_counter()
         # In a distributed run each rank takes its part of every batch, so a
         # step sees batch_size sequences in all, as one process does; a last
         # batch too small to give every rank one sequence is dropped.
@@ -267,11 +277,13 @@ class Trainer:
             batch = order[start : start + cfg.batch_size]
             seqs = [self.train_sequences[i] for i in np.array_split(batch, self.world)[self.rank]]
             inputs, targets = self.model.make_batch(seqs, rng)
-            tic = time.perf_counter()
-            loss = self.step(inputs.to(cfg.device), targets.to(cfg.device))
-            losses.append(loss.item())
-            step_times.append(time.perf_counter() - tic)
-        return {"loss": float(np.mean(losses)), "step_ms": 1e3 * float(np.median(step_times))}
+            # Losses stay on the device until the epoch ends: a read per step
+            # would stall the GPU's queue every step.
+            losses.append(self.step(inputs, targets))
+        synchronize(torch.device(cfg.device))
+        seconds = time.perf_counter() - tic
+        loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+        return {"loss": loss, "step_ms": 1e3 * seconds / max(len(losses), 1)}
 
     def fit(self, info: dict | None = None) -> dict:
         """Train to early stop, restore the best model, evaluate on test; ``info``

@@ -1,6 +1,6 @@
 """Every kernel against its reference at the paper's shapes, on a GPU (the
 interpreter tests cover small shapes on CPU; these need CUDA and skip
-without it). Part of the GPU validation (``benchmarks/gpu_validate.sh``)."""
+without it). Part of the GPU validation (``python -m benchmarks.gpu_validate``)."""
 
 from __future__ import annotations
 

@@ -20,20 +20,30 @@ from tests.ops.dense_head import HeadCase, dense
 from tfllmer_fast.ops import _checks
 from tfllmer_fast.options import HeadOptions
 
+# The fused path on the GPU where there is one, under the interpreter otherwise.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def on(*tensors):
+    return tuple(t.to(DEVICE) for t in tensors)
+
 
 def _fused_grads(hidden, items, targets, **options):
-    h = hidden.detach().clone().requires_grad_()
-    e = items.detach().clone().requires_grad_()
-    loss = tf.normalized_softmax_ce(h, e, targets, impl="triton", **options)
+    """Loss, dH and dE of the fused path (on the CPU, for comparison)."""
+    h = hidden.detach().to(DEVICE).requires_grad_()
+    e = items.detach().to(DEVICE).requires_grad_()
+    if options.get("weight") is not None:
+        options["weight"] = options["weight"].to(DEVICE)
+    loss = tf.normalized_softmax_ce(h, e, targets.to(DEVICE), impl="triton", **options)
     loss.sum().backward()
-    return loss.detach(), h.grad, e.grad
+    return loss.detach().cpu(), h.grad.cpu(), e.grad.cpu()
 
 
 def test_target_rank_reads_a_strided_targets_view():
     g = torch.Generator().manual_seed(0)
-    hidden, items = torch.randn(8, 16, generator=g), torch.randn(100, 16, generator=g)
-    seq = torch.randint(0, 100, (8, 5), generator=g)
-    for exclude in (None, (torch.arange(0, 17, 2)[:9], torch.randint(0, 100, (16,), generator=g))):
+    hidden, items = on(torch.randn(8, 16, generator=g), torch.randn(100, 16, generator=g))
+    (seq,) = on(torch.randint(0, 100, (8, 5), generator=g))
+    for exclude in (None, on(torch.arange(0, 17, 2)[:9], torch.randint(0, 100, (16,), generator=g))):
         got = tf.target_rank(hidden, items, seq[:, -1], exclude=exclude, impl="triton")
         ref = tf.target_rank(hidden, items, seq[:, -1].contiguous(), exclude=exclude, impl="torch")
         assert torch.equal(got, ref)
@@ -41,10 +51,9 @@ def test_target_rank_reads_a_strided_targets_view():
 
 def test_strided_exclusion_lists_are_read_as_laid_out():
     g = torch.Generator().manual_seed(1)
-    hidden, items = torch.randn(6, 16, generator=g), torch.randn(60, 16, generator=g)
-    targets = torch.randint(0, 60, (6,), generator=g)
-    indptr = torch.arange(0, 25, 4)
-    excl = torch.randint(0, 60, (24,), generator=g)
+    hidden, items = on(torch.randn(6, 16, generator=g), torch.randn(60, 16, generator=g))
+    (targets,) = on(torch.randint(0, 60, (6,), generator=g))
+    indptr, excl = on(torch.arange(0, 25, 4), torch.randint(0, 60, (24,), generator=g))
     strided = (torch.stack([indptr, indptr], 1)[:, 0], torch.stack([excl, excl.flip(0)], 1)[:, 0])
     assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
     for impl in ("triton", "torch"):
@@ -59,11 +68,11 @@ def test_autocast_rounds_the_query_once():
     the log-sum-exp and the target logit see the same rounding of the fp32
     queries (before: the target logit used the unrounded ones)."""
     g = torch.Generator().manual_seed(2)
-    hidden = torch.randn(8, 32, generator=g).requires_grad_()
-    items = torch.randn(1, 32, generator=g).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = tf.normalized_softmax_ce(hidden, items, torch.zeros(8, dtype=torch.long), impl="triton",
-                                        temperature=0.05, reduction="sum")
+    hidden = torch.randn(8, 32, generator=g).to(DEVICE).requires_grad_()
+    items = torch.randn(1, 32, generator=g).to(DEVICE).requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        loss = tf.normalized_softmax_ce(hidden, items, torch.zeros(8, dtype=torch.long, device=DEVICE),
+                                        impl="triton", temperature=0.05, reduction="sum")
     loss.backward()
     assert loss.item() == 0.0
     assert hidden.grad.abs().max() < 1e-6 and items.grad.abs().max() < 1e-6
@@ -80,7 +89,7 @@ def test_ranks_with_excluded_duplicates_of_the_target(dtype):
     targets = torch.randint(0, N, (B,), generator=g)
     items = torch.cat([base, base[targets]])  # item N + i duplicates row i's target
     exclude = (torch.arange(B + 1), torch.arange(N, N + B))
-    got = tf.target_rank(hidden, items, targets, exclude=exclude, impl="triton")
+    got = tf.target_rank(*on(hidden, items, targets), exclude=on(*exclude), impl="triton").cpu()
     ref = tf.target_rank(hidden, items, targets, exclude=exclude, impl="torch")
     assert torch.equal(got, ref)
     # The other copies of a target are not excluded: they tie, and count against it.
@@ -155,6 +164,7 @@ def test_out_of_range_target_gives_nan_gradients(monkeypatch):
     """On CUDA targets are not checked by default (no host sync): a bad target
     makes its loss NaN and must make the gradients NaN too, so an AMP step's
     inf / NaN check skips the step (before: finite, pulled toward item 0)."""
+    # (What CUDA does by default; on the CPU the check runs, so it is taken out.)
     monkeypatch.setattr(_checks, "raise_on_invalid_targets", lambda *args, **kwargs: None)
     g = torch.Generator().manual_seed(6)
     hidden, items = torch.randn(8, 16, generator=g), torch.randn(30, 16, generator=g)
@@ -169,12 +179,12 @@ def test_out_of_range_target_gives_nan_gradients(monkeypatch):
 def test_topk_ranks_a_nan_score_first_as_the_reference():
     hidden, items = torch.ones(2, 16), torch.randn(40, 16, generator=torch.Generator().manual_seed(7))
     items[4] = float("nan")
-    for impl in ("triton", "torch"):
-        top = tf.topk_scores(hidden, items, 3, normalize_items=False, impl=impl)
+    fused = tf.topk_scores(*on(hidden, items), 3, normalize_items=False, impl="triton")
+    ref = tf.topk_scores(hidden, items, 3, normalize_items=False, impl="torch")
+    for top in (fused, ref):
         assert top.indices[:, 0].tolist() == [4, 4] and torch.isnan(top.values[:, 0]).all()
         assert torch.isfinite(top.values[:, 1:]).all()
-    ref = tf.topk_scores(hidden, items, 3, normalize_items=False, impl="torch")
-    assert torch.equal(tf.topk_scores(hidden, items, 3, normalize_items=False, impl="triton").indices, ref.indices)
+    assert torch.equal(fused.indices.cpu(), ref.indices)
 
 
 def test_fakes_report_the_real_ops_strides():
@@ -191,10 +201,11 @@ def test_fakes_report_the_real_ops_strides():
         chunked = torch.ops.tfllmer_fast.normalized_ce_chunked(h, e, t, rows, *HeadOptions(), -100, 0.0, 4, True,
                                                                True)
     assert grad.is_contiguous() and chunked[4].is_contiguous() and chunked[3].is_contiguous()
-    real_e = torch.randn(16, 50).t()
-    real = torch.ops.tfllmer_fast.normalized_ce_item_grad(torch.randn(12, 16), real_e, torch.zeros(12, dtype=torch.long),
-                                                          torch.zeros(12), torch.ones(12), -torch.ones(12),
-                                                          torch.zeros(12), *HeadOptions(), torch.float32)
+    real_e = torch.randn(16, 50, device=DEVICE).t()
+    rows = torch.zeros(12, device=DEVICE)
+    real = torch.ops.tfllmer_fast.normalized_ce_item_grad(torch.randn(12, 16, device=DEVICE), real_e,
+                                                          torch.zeros(12, dtype=torch.long, device=DEVICE), rows,
+                                                          rows + 1, rows - 1, rows, *HeadOptions(), torch.float32)
     assert real.is_contiguous()
 
 
@@ -202,9 +213,10 @@ def test_fakes_report_the_real_ops_strides():
 def test_compile_with_a_transposed_table(impl):
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(8)
-    hidden = torch.randn(16, 16, generator=g)
-    table = torch.randn(16, 40, generator=g).t()
-    targets = torch.randint(0, 40, (16,), generator=g)
+    hidden, table = on(torch.randn(16, 16, generator=g), torch.randn(16, 40, generator=g).t())
+    (targets,) = on(torch.randint(0, 40, (16,), generator=g))
+    if impl == "chunked" and DEVICE.type == "cuda":
+        pytest.skip("the chunked path is the CPU's")
 
     def step(h, e, t):
         return tf.normalized_softmax_ce(h, e, t, impl=impl)
@@ -224,17 +236,17 @@ def test_head_module_and_effective_stats_read_any_layout():
     from tfllmer_fast.diagnostics import effective_stats
 
     g = torch.Generator().manual_seed(9)
-    head = tf.NormalizedSoftmaxHead(40, 16, impl="triton")
-    hidden = torch.randn(6, 4, 16, generator=g).transpose(0, 1)  # (4, 6, 16), not contiguous
-    targets = torch.randint(0, 40, (6, 4), generator=g).t()
+    head = tf.NormalizedSoftmaxHead(40, 16, impl="triton", device=DEVICE)
+    hidden = torch.randn(6, 4, 16, generator=g).to(DEVICE).transpose(0, 1)  # (4, 6, 16), not contiguous
+    targets = torch.randint(0, 40, (6, 4), generator=g).to(DEVICE).t()
     assert not hidden.is_contiguous() and not targets.is_contiguous()
     loss = head(hidden, targets)
     assert torch.equal(loss, head(hidden.contiguous(), targets.contiguous()))
 
-    h2, table = torch.randn(10, 16, generator=g), torch.randn(16, 40, generator=g).t()
-    t2 = torch.randint(0, 40, (10, 2), generator=g)[:, 1]
-    indptr = torch.arange(0, 31, 3)
-    excl = torch.randint(0, 40, (30, 2), generator=g)[:, 0]
+    h2, table = on(torch.randn(10, 16, generator=g), torch.randn(16, 40, generator=g).t())
+    t2 = torch.randint(0, 40, (10, 2), generator=g).to(DEVICE)[:, 1]
+    indptr = torch.arange(0, 31, 3, device=DEVICE)
+    excl = torch.randint(0, 40, (30, 2), generator=g).to(DEVICE)[:, 0]
     strided = effective_stats(h2, table, t2, m=8, exclude=(indptr, excl))
     plain = effective_stats(h2, table.contiguous(), t2.contiguous(), m=8, exclude=(indptr, excl.contiguous()))
     for a, b in zip(strided, plain):  # gershgorin is NaN where (m - 1) xi >= 1
@@ -262,3 +274,23 @@ def test_transposed_table_offsets_past_2_31():
     e2 = contiguous.detach().requires_grad_()
     tf.normalized_softmax_ce(hidden, e2, targets, impl="triton").backward()
     assert torch.equal(e.grad[targets], e2.grad[targets])
+
+
+@pytest.mark.gpu
+def test_tensors_on_a_device_that_is_not_current():
+    """Launches run on the tensors' device, not the current one."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two CUDA devices, this machine has {torch.cuda.device_count()}")
+    torch.cuda.set_device(0)
+    g = torch.Generator().manual_seed(10)
+    hidden = torch.randn(33, 64, generator=g).to("cuda:1", torch.bfloat16).requires_grad_()
+    items = torch.randn(301, 64, generator=g).to("cuda:1", torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 301, (33,), generator=g).to("cuda:1")
+    tf.normalized_softmax_ce(hidden, items, targets, impl="triton").backward()
+    ref = dense(HeadCase(hidden.detach().cpu(), items.detach().cpu(), targets.cpu(), None, 1.0, True, False, 0.0,
+                         "mean", 0.0), torch.float64)
+    assert (items.grad.cpu().double() - ref.de).norm() / ref.de.norm() < 2e-2
+    ranks = tf.target_rank(hidden.detach(), items.detach(), targets, impl="triton")
+    assert torch.equal(ranks.cpu(), tf.target_rank(hidden.detach().cpu(), items.detach().cpu(), targets.cpu(),
+                                                   impl="torch"))
+    assert torch.cuda.current_device() == 0

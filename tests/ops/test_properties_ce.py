@@ -27,6 +27,8 @@ from tfllmer_fast.kernels import config
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
                 database=None)
+# The fused path on the GPU where there is one, under the interpreter otherwise.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @st.composite
@@ -85,16 +87,17 @@ def _fused(case: HeadCase, mode: str, layouts: dict):
     t_layout, t_off, t_bits = layouts["targets"]
     N = case.items.shape[0]
     placed = {
-        "hidden": place(case.hidden, h_layout, h_off),
-        "items": place(case.items, e_layout, e_off),
-        "targets": place(case.targets.to(torch.int64 if t_bits == "64" else torch.int32), t_layout, t_off,
+        "hidden": place(case.hidden.to(DEVICE), h_layout, h_off),
+        "items": place(case.items.to(DEVICE), e_layout, e_off),
+        "targets": place(case.targets.to(DEVICE, torch.int64 if t_bits == "64" else torch.int32), t_layout, t_off,
                          canary=(N - 1) // 2),
     }
     if case.weight is not None:
-        placed["weight"] = place(case.weight, *layouts["weight"])
+        placed["weight"] = place(case.weight.to(DEVICE), *layouts["weight"])
     h = placed["hidden"].view.detach().requires_grad_()
     e = placed["items"].view.detach().requires_grad_()
-    with config.guarded_outputs() as outputs, torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+    with config.guarded_outputs() as outputs, torch.autocast(DEVICE.type, dtype=torch.bfloat16,
+                                                              enabled=mode == "autocast"):
         out = tf.normalized_softmax_ce(
             h, e, placed["targets"].view, weight=placed["weight"].view if case.weight is not None else None,
             temperature=case.temperature, normalize_items=case.normalize_items,
@@ -105,7 +108,7 @@ def _fused(case: HeadCase, mode: str, layouts: dict):
     outputs.check()
     for name, p in placed.items():
         assert p.untouched(), f"the canaries around {name} changed"
-    return out.loss.detach(), out.lse.detach(), h.grad, e.grad
+    return out.loss.detach().cpu(), out.lse.detach().cpu(), h.grad.cpu(), e.grad.cpu()
 
 
 def _check(case: HeadCase, mode: str, layouts: dict) -> dict:

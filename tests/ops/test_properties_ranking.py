@@ -27,6 +27,8 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 # A score's error against fp64 on the rounded operands, relative to sum_k |h_k e_k| r:
 # 3-pass TF32 products and an fp32 sum of up to 128 terms.
 SCORE_ROUNDOFF = 2.0**-18
+# The fused path on the GPU where there is one, under the interpreter otherwise.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @st.composite
@@ -77,12 +79,13 @@ def problems(draw):
 def _placed(problem):
     """Every argument in its drawn layout, index canaries valid but wrong ids."""
     L, N = problem["layouts"], problem["items"].shape[0]
-    out = {"hidden": place(problem["hidden"], *L["hidden"]), "items": place(problem["items"], *L["items"]),
-           "targets": place(problem["targets"], *L["targets"], canary=(N - 1) // 2)}
+    out = {"hidden": place(problem["hidden"].to(DEVICE), *L["hidden"]),
+           "items": place(problem["items"].to(DEVICE), *L["items"]),
+           "targets": place(problem["targets"].to(DEVICE), *L["targets"], canary=(N - 1) // 2)}
     if problem["exclude"] is not None:
         indptr, excl = problem["exclude"]
-        out["indptr"] = place(indptr, *L["indptr"], canary=int(indptr[-1]) // 2)
-        out["excl"] = place(excl, *L["excl"], canary=N // 3)
+        out["indptr"] = place(indptr.to(DEVICE), *L["indptr"], canary=int(indptr[-1]) // 2)
+        out["excl"] = place(excl.to(DEVICE), *L["excl"], canary=N // 3)
     return out
 
 
@@ -95,7 +98,7 @@ def _call(fn, problem, extra, *, impl):
     outputs.check()
     for name, p in placed.items():
         assert p.untouched(), f"the canaries around {name} changed"
-    return result
+    return type(result)(*(x.cpu() for x in result)) if isinstance(result, tuple) else result.cpu()
 
 
 def _oracle(problem):

@@ -28,6 +28,18 @@ def left_pad(sequences, length: int) -> np.ndarray:
     return out
 
 
+def real_rows(hidden: Tensor, targets: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """The (rows, d) hidden states and (rows,) targets of the non-padding
+    positions, in order. With ``rows`` given (a host integer) no value is read
+    back from the device: the kept positions are the first ``rows`` of a
+    stable sort of the padding mask."""
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    keep = flat_t != PAD
+    if rows is None:
+        rows = int(keep.sum())
+    order = torch.argsort((~keep).to(torch.uint8), stable=True)[:rows]
+    return flat_h.index_select(0, order), flat_t.index_select(0, order)
+
 class SequentialRecommender(nn.Module):
     """Backbone + ``NormalizedSoftmaxHead`` over items 1..num_items (row 0 is
     padding). The input embedding *is* the head's table (``head.weight``).
@@ -116,12 +128,15 @@ class SequentialRecommender(nn.Module):
     def loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return self.head_loss(self.encode(inputs), targets)
 
-    def head_loss(self, hidden: Tensor, targets: Tensor, row_weight=None) -> Tensor:
+    def head_loss(self, hidden: Tensor, targets: Tensor, row_weight=None, rows: int | None = None) -> Tensor:
         """Mean cross-entropy over the non-padding targets. Only those rows go to
         the head: on short-sequence data (Amazon: ~6 real positions of 50) the
         padding rows would otherwise be most of the head's work.
-        ``row_weight(targets) -> (R,)`` weights the rows (a weighted mean)."""
-        keep = targets != PAD
+        ``row_weight(targets) -> (R,)`` weights the rows (a weighted mean).
+        ``rows``: how many targets are not padding, read off the batch on the
+        host before it moved (``TrainStep`` does); without it the count is read
+        back from the device, a synchronization."""
+        hidden, targets = real_rows(hidden, targets, rows)
         if self.sharded:
             if row_weight is not None:
                 raise ValueError("row weights are not supported with a sharded table")
@@ -130,11 +145,10 @@ class SequentialRecommender(nn.Module):
             # are, it is the one-process mean over the whole batch, however the
             # real rows fall across ranks.
             world = torch.distributed.get_world_size()
-            count = keep.sum()
+            count = torch.full((), targets.shape[0], device=targets.device, dtype=torch.int64)
             torch.distributed.all_reduce(count)
-            return self.head(hidden[keep], targets[keep], reduction="sum") * (world / count.clamp_min(1))
-        kept = targets[keep]
-        return self.head(hidden[keep], kept, weight=None if row_weight is None else row_weight(kept))
+            return self.head(hidden, targets, reduction="sum") * (world / count.clamp_min(1))
+        return self.head(hidden, targets, weight=None if row_weight is None else row_weight(targets))
 
     def prediction_input(self, histories) -> Tensor:
         return torch.from_numpy(left_pad(histories, self.max_len))

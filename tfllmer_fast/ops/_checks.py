@@ -69,7 +69,8 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int, 
             raise ValueError(
                 f"impl='triton' has no kernel config for width {dim} with {dtype} operands on {device} (fp32 "
                 f"with torch matmul precision {torch.get_float32_matmul_precision()!r} is served up to a "
-                "smaller width than bf16/fp16); use impl='torch', or bf16 autocast"
+                "smaller width than bf16/fp16, and only devices of the families the tables claim are served, "
+                "tfllmer_fast.kernels.config.FAMILIES); use impl='torch', or bf16 autocast"
             )
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"impl='triton' supports fp32, fp16 and bf16 inputs, got {dtype}; use impl='torch'")

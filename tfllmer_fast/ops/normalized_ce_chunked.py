@@ -146,6 +146,9 @@ def _setup_context(ctx, inputs, output):
     _, rows, _, dh, de = output
     ctx.save_for_backward(rows, dh, de)
     ctx.mark_non_differentiable(dh, de)
+    # Outputs nobody backpropagates through arrive as None, not as zeros the
+    # check below would have to read back from the device.
+    ctx.set_materialize_grads(False)
     ctx.num_inputs = len(inputs)
 
 
@@ -157,6 +160,8 @@ def _backward(ctx, grad_loss, grad_rows, grad_lse, grad_dh, grad_de):
             "impl='chunked' finishes the gradient in the forward for the reduced loss only; a gradient through "
             "the per-row losses or the log-sum-exp needs impl='torch' (or 'triton')"
         )
+    if grad_loss is None:
+        grad_loss = torch.zeros((), device=rows.device, dtype=rows.dtype)
     grad_hidden = (grad_loss * dh).to(dh.dtype) if ctx.needs_input_grad[0] else None
     grad_items = (grad_loss * de).to(de.dtype) if ctx.needs_input_grad[1] else None
     grad_coef = grad_loss * rows if ctx.needs_input_grad[3] else None
