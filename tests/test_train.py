@@ -216,3 +216,32 @@ def test_resuming_a_checkpoint_with_one_optimizer_group_is_a_named_error(small, 
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="1 parameter group"):
         Trainer(split, _config(epochs=2), out_dir=tmp_path).load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_evaluation_ranks_in_the_compute_dtype_under_autocast(monkeypatch):
+    """With autocast on (bf16 on CUDA by default; asked for on the CPU here)
+    evaluation ranks in the autocast dtype, the model's queries and table as
+    they are, not both upcast to fp32 first (3-pass TF32 on a GPU, or the
+    torch path; before, the queries were upcast outside autocast)."""
+    from tfllmer_fast import train as train_module
+    from tfllmer_fast.data import EvalSet
+    from tfllmer_fast.models import build_model
+    from tfllmer_fast.ops import ranking
+
+    seen = []
+    original = ranking._checks.compute_dtype
+
+    def spy(hidden, item_emb):
+        seen.append(original(hidden, item_emb))
+        return seen[-1]
+
+    monkeypatch.setattr(ranking._checks, "compute_dtype", spy)
+    model = build_model("sasrec", 30, dim=16, max_len=8)
+    rng = np.random.default_rng(0)
+    eval_set = EvalSet([rng.integers(1, 31, size=5) for _ in range(6)], rng.integers(1, 31, size=6))
+    for amp, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        seen.clear()
+        evaluator = train_module._Evaluator(eval_set, train_module.TrainConfig(device="cpu", amp=amp),
+                                            np.arange(31) < 15)
+        evaluator(model)
+        assert seen and set(seen) == {expected}, (amp, seen)
