@@ -98,9 +98,9 @@ def _drive_item_grad(dim, dtype, normalize_items):
 
 
 def _drive_target_rank(dim, dtype, mode):
-    """``mode``: "count" (one table), "exclude" (with exclusion lists, NaN-aware),
-    "shard" (a shard's count against given target scores), "score" (the
-    owner's target scores alone)."""
+    """``mode``: "count" (one table), "exclude" (with exclusion lists, as
+    evaluation runs it), "nan" (the same, NaN-aware), "shard" (a shard's count
+    against given target scores), "score" (the owner's target scores alone)."""
     hidden, item_emb, s, r = _inputs(dim, dtype)
     rows = hidden.shape[0]
     targets = torch.randint(0, item_emb.shape[0], (rows,))
@@ -108,7 +108,8 @@ def _drive_target_rank(dim, dtype, mode):
     exclude = (indptr, items.int(), torch.arange(rows).repeat_interleave(per_row).int())
     kwargs = {
         "count": {},
-        "exclude": dict(exclude=exclude, has_nan=True),
+        "exclude": dict(exclude=exclude),
+        "nan": dict(exclude=exclude, has_nan=True),
         "shard": dict(exclude=exclude, target_score=torch.zeros(rows)),
         "score": dict(count=False),
     }[mode]
@@ -140,7 +141,7 @@ DRIVERS = (
                  lambda dim, flags: dim, lambda cfg: cfg.block_rows, _drive_lse_fwd),
     KernelDriver("normalized_ce_item_grad", _table("normalized_ce_item_grad"), {"normalize_items": (True, False)},
                  lambda dim, flags: dim, lambda cfg: cfg.block_items, _drive_item_grad),
-    KernelDriver("target_rank", _table("target_rank"), {"mode": ("count", "exclude", "shard", "score")},
+    KernelDriver("target_rank", _table("target_rank"), {"mode": ("count", "exclude", "nan", "shard", "score")},
                  lambda dim, flags: dim, lambda cfg: cfg.block_rows, _drive_target_rank),
     # (exclude, nan): the NaN-aware path is compiled with exclusions, its heavier case.
     KernelDriver("topk", _table("topk"), {"k": None, "exclude_nan": ((False, False), (True, False), (True, True))},

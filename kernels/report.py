@@ -48,8 +48,10 @@ def selected() -> list:
             continue
         if flags.get("compute_o") is False or flags.get("normalize_items") is False:
             continue  # the training path: o for dH, normalized items
-        if v.kernel == "topk" and (flags["k"] != 16 or not flags["exclude"]):
+        if v.kernel == "topk" and (flags["k"] != 16 or not flags["exclude"] or flags["nan"]):
             continue  # top-10 with seen items excluded, as the evaluation runs it
+        if v.kernel == "target_rank" and flags["mode"] != "exclude":
+            continue  # with seen items excluded, as the evaluation runs it
         out.append(v)
     return out
 
