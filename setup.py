@@ -70,5 +70,5 @@ setup(
         "gpu": ["cupy-cuda12x"],
         "text": ["sentence-transformers"],
     },
-    entry_points={"console_scripts": ["tfllmer-fast = tfllmer_fast.cli:main"]},
+    entry_points={"console_scripts": ["tfllmer-fast = tfllmer_fast.app.cli:main"]},
 )

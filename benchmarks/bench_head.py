@@ -2,12 +2,12 @@
 
 GPU tier: B = 12,800 (batch 256 x length 50), bf16, N at Yelp (128,727) and
 Sports (201,957) scale with d in {64, 256}, plus 1M and 2M items. Baselines in
-the same run: plain torch, torch.compile of the chunked reference, and
+the same run: plain torch, torch.compile of the plain-torch reference, and
 cut-cross-entropy / Liger-Kernel when installed (``pip install .[bench]``).
 TFLOP/s counts the 6 B N d flops of the unfused math for every row, so the
 column compares like with like. A row that runs out of memory skips and says so.
 
-CPU rows: the CPU path (``impl="chunked"``, gradients finished in the forward)
+CPU rows: the CPU path (``impl="torch_grad_in_forward"``, gradients finished in the forward)
 against plain torch at the demo's head shape (B = 1,024, N = 50,000) and a
 Beauty training batch (B = 1,600 rows, N = 12,102), d = 64, fp32, with ms and
 peak extra memory (the resident-set peak). CPU tier: tiny shapes so CI
@@ -42,8 +42,8 @@ def _fused(h, e, t):
     return normalized_softmax_ce(h, e, t, temperature=TEMPERATURE, impl="triton")
 
 
-def _chunked(h, e, t, temperature=TEMPERATURE):
-    return normalized_softmax_ce(h, e, t, temperature=temperature, impl="chunked")
+def _torch_grad_in_forward(h, e, t, temperature=TEMPERATURE):
+    return normalized_softmax_ce(h, e, t, temperature=temperature, impl="torch_grad_in_forward")
 
 
 def _plain(h, e, t, temperature=TEMPERATURE):
@@ -53,7 +53,7 @@ def _plain(h, e, t, temperature=TEMPERATURE):
 _compiled_reference = None
 
 
-def _compiled_chunked(h, e, t):
+def _compiled_torch_reference(h, e, t):
     global _compiled_reference
     if _compiled_reference is None:
         _compiled_reference = torch.compile(
@@ -76,9 +76,9 @@ def _liger(h, e, t):
 
 IMPLS = {
     "fused": (_fused, None),
-    "chunked": (_chunked, None),
+    "torch_grad_in_forward": (_torch_grad_in_forward, None),
     "plain_torch": (_plain, None),
-    "compiled_chunked_reference": (_compiled_chunked, None),
+    "compiled_torch_reference": (_compiled_torch_reference, None),
     "cut_cross_entropy": (_cce, "cut_cross_entropy"),
     "liger": (_liger, "liger_kernel"),
 }
@@ -115,13 +115,13 @@ def _bench(benchmark, impl, shape, device, dtype, rounds, fn=None, label=""):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason=NO_GPU_REASON)
-@pytest.mark.parametrize("impl", [name for name in IMPLS if name != "chunked"])
+@pytest.mark.parametrize("impl", [name for name in IMPLS if name != "torch_grad_in_forward"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"B{s[0]}-N{s[1]}-d{s[2]}")
 def test_head_gpu(benchmark, impl, shape):
     _bench(benchmark, impl, shape, "cuda", torch.bfloat16, rounds=10)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "plain_torch"])
+@pytest.mark.parametrize("impl", ["torch_grad_in_forward", "plain_torch"])
 @pytest.mark.parametrize("temperature", [1.0, TEMPERATURE], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("shape", CPU_TIMED_SHAPES, ids=lambda s: f"B{s[0]}-N{s[1]}-d{s[2]}")
 def test_head_cpu(benchmark, impl, temperature, shape):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tfllmer_fast.models import build_model
-from tfllmer_fast.models.base import real_rows
+from tfllmer_fast.app.models import build_model
+from tfllmer_fast.app.models.base import real_rows
 from tfllmer_fast.reference import plain_normalized_ce
 from tfllmer_fast.timing import peak_extra_memory, synchronize
-from tfllmer_fast.train import TrainConfig, TrainStep, make_optimizer
+from tfllmer_fast.app.config import TrainConfig
+from tfllmer_fast.app.train import TrainStep, make_optimizer
 
 from .common import DATASET_STATS, GPU, NO_GPU_REASON, device_name, synthetic_interactions
 
@@ -32,7 +33,7 @@ def _step_fn(head, num_items, batch, device, amp):
 
     def plain_head(hidden, targets, rows=None):
         hidden, targets = real_rows(hidden, targets, rows)  # the rows the fused head_loss takes, the same work
-        return plain_normalized_ce(hidden, model.item_table, targets, **model.head.options._asdict())
+        return plain_normalized_ce(hidden, model.item_table, targets, options=model.head.options)
 
     step = TrainStep(model, opt, device, amp, head=None if head == "fused" else plain_head)
     return lambda: step(inputs, targets)

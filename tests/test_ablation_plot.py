@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tfllmer_fast import ablation, cli
-from tfllmer_fast.plots import load_run
-from tfllmer_fast.synthetic import planted_dataset
+from tfllmer_fast.app import ablation, cli
+from tfllmer_fast.app.plots import load_run
+from tfllmer_fast.app.synthetic import planted_dataset
 
 
 @pytest.fixture(scope="module")
@@ -69,5 +69,5 @@ def test_ablate_runs_each_variant_and_seed_once(files, tmp_path, monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was redone")
 
-    monkeypatch.setattr("tfllmer_fast.pipeline.run", must_not_run)
+    monkeypatch.setattr("tfllmer_fast.app.pipeline.run", must_not_run)
     assert cli.main(args + COMMON) == 0  # everything finished: only the table is rewritten

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfllmer_fast import cli
-from tfllmer_fast.synthetic import planted_dataset
+from tfllmer_fast.app import cli
+from tfllmer_fast.app.synthetic import planted_dataset
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_help_shows_defaults_and_ranges(capsys):
 
 
 def test_console_entry_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tfllmer_fast.cli", "train", "--data", str(tmp_path / "nope.txt")],
+    proc = subprocess.run([sys.executable, "-m", "tfllmer_fast.app.cli", "train", "--data", str(tmp_path / "nope.txt")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from tfllmer_fast import cli
-from tfllmer_fast.bench_report import report
-from tfllmer_fast.synthetic import planted_dataset
+from tfllmer_fast.app import cli
+from tfllmer_fast.app.bench_report import report
+from tfllmer_fast.app.synthetic import planted_dataset
 
 
 def test_bench_report_ratios(tmp_path):
@@ -39,7 +39,7 @@ def test_profile_command(tmp_path, capsys):
 
 
 def test_demo_reading_follows_the_numbers():
-    from tfllmer_fast.demo import format_training_demo
+    from tfllmer_fast.app.demo import format_training_demo
 
     def row(init, ndcg, best):
         return {"init": init, "HR@10": 0.5, "NDCG@10": ndcg, "best_epoch": best, "epochs_run": best + 3,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.graph.conftest import DATA
-from tfllmer_fast import data
+from tfllmer_fast.app import data
 
 
 def test_s3rec_reader(tmp_path):

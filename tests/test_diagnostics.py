@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tfllmer_fast import diagnostics as dg
+from tfllmer_fast.app import diagnostics as dg
 
 
 def test_norm_disparity_ignores_zero_rows():

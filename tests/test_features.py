@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.graph.conftest import DATA
-from tfllmer_fast import features
+from tfllmer_fast.app import features
 
 
 def _write(tmp_path, payload):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfllmer_fast.longtail import head_mask, item_counts, split_metrics
-from tfllmer_fast.metrics import metrics_from_ranks
+from tfllmer_fast.app.longtail import head_mask, item_counts, split_metrics
+from tfllmer_fast.app.metrics import metrics_from_ranks
 
 
 def test_head_holds_the_share_with_the_fewest_items():
@@ -44,10 +44,10 @@ def test_item_counts_and_split_metrics_by_hand():
 
 
 def test_trainer_reports_head_and_tail(tmp_path):
-    from tfllmer_fast.config import RunConfig
-    from tfllmer_fast.pipeline import run
-    from tfllmer_fast.synthetic import planted_dataset
-    from tfllmer_fast.train import TrainConfig
+    from tfllmer_fast.app.config import RunConfig
+    from tfllmer_fast.app.pipeline import run
+    from tfllmer_fast.app.synthetic import planted_dataset
+    from tfllmer_fast.app.config import TrainConfig
 
     data, _ = planted_dataset(num_users=80, num_items=40, clusters=4, max_len=10, seed=2)
     train = TrainConfig(dim=16, max_len=10, batch_size=32, epochs=1, diagnostics_sample=0, head_share=0.5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tfllmer_fast as tf
-from tfllmer_fast.metrics import exclusion_csr, metrics_from_ranks
+from tfllmer_fast.app.metrics import exclusion_csr, metrics_from_ranks
 from tfllmer_fast.ops.ranking import target_rank, topk_scores
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tfllmer_fast.models import MODELS, build_model, left_pad
-from tfllmer_fast.models.bert4rec import MASK
+from tfllmer_fast.app.models import MODELS, build_model, left_pad
+from tfllmer_fast.app.models.bert4rec import MASK
 
 NUM_ITEMS = 40
 

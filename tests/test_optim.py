@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tfllmer_fast import normalized_softmax_ce
-from tfllmer_fast.optim import ItemwiseSAM, item_radius_scales
+from tfllmer_fast.app.optim import ItemwiseSAM, item_radius_scales
 
 
 def test_radius_scales_by_hand():
@@ -28,7 +28,7 @@ def _problem(seed=0):
 
 
 def _loss(hidden, table, targets, weight=None):
-    return normalized_softmax_ce(hidden, table, targets, weight=weight, impl="torch")
+    return normalized_softmax_ce(hidden, table, targets, row_weight=weight, impl="torch")
 
 
 def _manual_sam_step(hidden, table, targets, rho, lr, weight):
@@ -66,9 +66,10 @@ def test_step_is_sam_with_the_item_weighted_first_gradient(exponent):
 
 
 def test_trainer_runs_itemwise_sam_and_resumes_exactly(tmp_path):
-    from tfllmer_fast.data import leave_one_out
-    from tfllmer_fast.synthetic import planted_dataset
-    from tfllmer_fast.train import TrainConfig, Trainer
+    from tfllmer_fast.app.data import leave_one_out
+    from tfllmer_fast.app.synthetic import planted_dataset
+    from tfllmer_fast.app.config import TrainConfig
+    from tfllmer_fast.app.train import Trainer
 
     data, _ = planted_dataset(num_users=60, num_items=30, clusters=3, max_len=8, seed=4)
     split = leave_one_out(data)

@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from tfllmer_fast import diagnostics as dg
-from tfllmer_fast.spectral import direct_spec, direct_spec_plus, distance_temperatures
+from tfllmer_fast.app import diagnostics as dg
+from tfllmer_fast.app.spectral import direct_spec, direct_spec_plus, distance_temperatures
 
 
 def _rows(seed=0, b=7, d=5):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tfllmer_fast.models import build_model
-from tfllmer_fast.models.base import PAD
-from tfllmer_fast.train import TrainConfig, TrainStep, make_optimizer
+from tfllmer_fast.app.models import build_model
+from tfllmer_fast.app.models.base import PAD
+from tfllmer_fast.app.config import TrainConfig
+from tfllmer_fast.app.train import TrainStep, make_optimizer
 
 
 def _batch(model, num_items, rows=6, length=9, seed=0):

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from tfllmer_fast import cli
-from tfllmer_fast.config import ItemInitConfig, RunConfig
-from tfllmer_fast.data import leave_one_out
-from tfllmer_fast.pipeline import item_embeddings, run
-from tfllmer_fast.synthetic import planted_dataset
-from tfllmer_fast.train import TrainConfig, Trainer
+from tfllmer_fast.app import cli
+from tfllmer_fast.app.config import ItemInitConfig, RunConfig
+from tfllmer_fast.app.data import leave_one_out
+from tfllmer_fast.app.pipeline import item_embeddings, run
+from tfllmer_fast.app.synthetic import planted_dataset
+from tfllmer_fast.app.config import TrainConfig
+from tfllmer_fast.app.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,8 @@ def test_run_config_validation_names_the_setting():
 def test_train_step_is_the_trainers_step(small):
     """The trainer, the profiler and the benchmark share TrainStep: one step of
     it equals the plain sequence of calls."""
-    from tfllmer_fast.models import build_model
-    from tfllmer_fast.train import TrainStep
+    from tfllmer_fast.app.models import build_model
+    from tfllmer_fast.app.train import TrainStep
 
     data, _ = small
     seqs = [s for s in leave_one_out(data).train if len(s) >= 2][:16]
@@ -165,8 +166,8 @@ def test_train_step_is_the_trainers_step(small):
 def test_item_table_steps_at_its_own_learning_rate(small):
     """Adam's first step moves each coordinate by its group's rate (the sign of
     the gradient times the rate): the table by item_lr, the backbone by lr."""
-    from tfllmer_fast.models import build_model
-    from tfllmer_fast.train import make_optimizer
+    from tfllmer_fast.app.models import build_model
+    from tfllmer_fast.app.train import make_optimizer
 
     data, _ = small
     seqs = [s for s in leave_one_out(data).train if len(s) >= 2][:16]
@@ -189,7 +190,7 @@ def test_item_table_steps_at_its_own_learning_rate(small):
 
 
 def test_table_rate_defaults_to_a_multiple_for_random_tables_only(small):
-    from tfllmer_fast.train import RANDOM_TABLE_LR_SCALE
+    from tfllmer_fast.app.config import RANDOM_TABLE_LR_SCALE
 
     data, features = small
     sp = leave_one_out(data)
@@ -223,9 +224,9 @@ def test_evaluation_ranks_in_the_compute_dtype_under_autocast(monkeypatch):
     evaluation ranks in the autocast dtype, the model's queries and table as
     they are, not both upcast to fp32 first (3-pass TF32 on a GPU, or the
     torch path; before, the queries were upcast outside autocast)."""
-    from tfllmer_fast import train as train_module
-    from tfllmer_fast.data import EvalSet
-    from tfllmer_fast.models import build_model
+    from tfllmer_fast.app import train as train_module
+    from tfllmer_fast.app.data import EvalSet
+    from tfllmer_fast.app.models import build_model
     from tfllmer_fast.ops import ranking
 
     seen = []

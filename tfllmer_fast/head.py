@@ -7,8 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .ops import _checks
 from .ops.normalized_ce import normalized_softmax_ce
-from .options import DEFAULT_TEMPERATURE, HeadOptions
+from .options import HeadOptions, resolve_head_options
 from .reference.normalized_ce import normalized_logits
 
 
@@ -38,7 +39,9 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
     with ``reduction="none"``). With ``padding_idx`` the padding row starts at
     zero and never receives gradient (as in ``nn.Embedding``), and targets equal
     to it are ignored. Tie the table to a backbone's input embedding with
-    ``embedding.weight = head.weight``.
+    ``embedding.weight = head.weight``; for a table the model already owns,
+    ``NormalizedSoftmaxCELoss`` takes it at call time instead. The head
+    options come as ``options=HeadOptions(...)`` or as its fields' keywords.
     """
 
     def __init__(
@@ -46,13 +49,12 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
         num_items: int,
         dim: int,
         *,
-        temperature: float = DEFAULT_TEMPERATURE,
-        normalize_items: bool = True,
-        normalize_hidden: bool = False,
+        options: HeadOptions | None = None,
         padding_idx: int | None = None,
         impl: str = "auto",
         device=None,
         dtype=None,
+        **head_options,
     ):
         super().__init__()
         if num_items <= 0 or dim <= 0:
@@ -61,7 +63,7 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
             raise ValueError(f"padding_idx must lie in [0, {num_items}), got {padding_idx}")
         self.num_items = num_items
         self.dim = dim
-        self.options = HeadOptions.make(temperature, normalize_items, normalize_hidden)
+        self.options = resolve_head_options(options, head_options)
         self.padding_idx = padding_idx
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(num_items, dim, device=device, dtype=dtype))
@@ -85,27 +87,29 @@ class NormalizedSoftmaxHead(HeadOptionsView, nn.Module):
         hidden: Tensor,
         targets: Tensor,
         *,
-        weight: Tensor | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        row_weight: Tensor | None = None,
         return_lse: bool = False,
+        **deprecated,
     ):
         return normalized_softmax_ce(
             hidden,
             self.weight,
             targets,
-            **self.options._asdict(),
+            options=self.options,
             ignore_index=-100 if self.padding_idx is None else self.padding_idx,
             reduction=reduction,
             label_smoothing=label_smoothing,
-            weight=weight,
+            row_weight=_checks.row_weight_argument(row_weight, deprecated),
             return_lse=return_lse,
             impl=self.impl,
+            **deprecated,
         )
 
     def scores(self, hidden: Tensor) -> Tensor:
         """Dense logits (..., num_items), for small catalogs and debugging."""
-        return normalized_logits(hidden, self.weight, **self.options._asdict())
+        return normalized_logits(hidden, self.weight, options=self.options)
 
     def extra_repr(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in self.options._asdict().items())

@@ -1,9 +1,10 @@
 """``HeadOptions``: how a query row and an item row make a logit.
 
-The one definition of the scoring settings. The public functions build it
-once from their keyword arguments (``HeadOptions.make`` validates), and it
-travels whole from there: to the custom ops (whose schemas are generated from
-its fields), to the ranking ops, to ``NormalizedSoftmaxHead`` and the models.
+The one definition of the scoring settings. Every public op, module and
+reference takes them the same way: ``options=HeadOptions(...)`` whole, or its
+field names as keywords (``temperature=0.5``), which ``resolve_head_options``
+validates into one object; from there it travels whole, to the custom ops
+(whose schemas are generated from its fields), the kernels and the references.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 DEFAULT_TEMPERATURE = 1.0
 """The library's one default temperature. With unnormalized queries
 (``normalize_hidden=False``, the TF-LLMER head) the query norm is learned and
-acts as an inverse temperature, so 1 needs no tuning; every table in README.md
+acts as an inverse temperature, so 1 needs no tuning; every result in docs/
 was trained with it."""
 
 _SCHEMA_TYPES = {float: "float", bool: "bool", int: "int"}
@@ -60,6 +61,24 @@ class LossOptions(NamedTuple):
     @classmethod
     def schema(cls) -> str:
         return schema_of(cls)
+
+
+def resolve_head_options(options: HeadOptions | None = None, keywords: dict | None = None) -> HeadOptions:
+    """The head options of one call: ``options`` (a ``HeadOptions``) or the
+    keywords named after its fields, not both; validated (``HeadOptions.make``)."""
+    keywords = keywords or {}
+    unknown = sorted(set(keywords) - set(HeadOptions._fields))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; the head options are "
+                        f"{', '.join(HeadOptions._fields)}")
+    if options is None:
+        return HeadOptions.make(**keywords)
+    if not isinstance(options, HeadOptions):
+        raise TypeError(f"options must be a HeadOptions, got {type(options).__name__}")
+    if keywords:
+        raise TypeError(f"pass the head options either as options= or as keywords, not both "
+                        f"(got options= and {', '.join(sorted(keywords))})")
+    return HeadOptions.make(*options)
 
 
 def schema_of(options_type) -> str:

@@ -12,11 +12,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from tfllmer_fast import cli
-from tfllmer_fast.cf import CFConfig, LightGCN, bpr_loss, positive_only_loss, random_split, ranking_metrics, run_cf
-from tfllmer_fast.cf.train import DEFAULT_ALPHA, LOSSES
-from tfllmer_fast.data import Interactions
-from tfllmer_fast.synthetic import planted_dataset
+from tfllmer_fast.app import cli
+from tfllmer_fast.app.cf import CFConfig, LightGCN, bpr_loss, positive_only_loss, random_split, ranking_metrics, run_cf
+from tfllmer_fast.app.config import DEFAULT_ALPHA, LOSSES
+from tfllmer_fast.app.data import Interactions
+from tfllmer_fast.app.synthetic import planted_dataset
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_each_loss_trains_and_reports(data, loss, model, tmp_path):
 
 @pytest.mark.parametrize("loss", ["directspec", "directspec+"])
 def test_the_balancing_step_defaults_per_loss(data, loss):
-    from tfllmer_fast.cf import CFTrainer
+    from tfllmer_fast.app.cf import CFTrainer
 
     split = random_split(data, seed=0)
     alphas = {"default": None, "explicit": DEFAULT_ALPHA[loss], "other": DEFAULT_ALPHA[loss] / 4}
@@ -138,7 +138,7 @@ def test_validation_every_few_epochs(data, tmp_path):
 
 
 def test_itemwise_sam_changes_the_mf_steps(data):
-    from tfllmer_fast.cf import CFTrainer
+    from tfllmer_fast.app.cf import CFTrainer
 
     split = random_split(data, seed=0)
     trainers = {sam: CFTrainer(split, CFConfig(loss="bpr", epochs=1, batch_size=128, sam=sam)) for sam in ("off",
@@ -167,7 +167,7 @@ def test_cli_train_cf_and_its_errors(data, tmp_path, capsys):
     assert cli.main(["train-cf", "--data", str(path), "--loss", "directspec+", "--epochs", "2", "--batch-size",
                      "128", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["loss"] == "directspec+"
-    from tfllmer_fast.plots import load_run
+    from tfllmer_fast.app.plots import load_run
 
     run = load_run(out)
     assert run.series["erank"][0] == [0, 1, 2] and run.series["erank_users"][0] == [0, 1, 2]

@@ -49,7 +49,7 @@ def ce_rank(rank, world, dtype, impl, options, equal):
     shard = table[start:stop].clone().requires_grad_()
     w = weight[own] if options.pop("use_weight", False) else None
     loss = sharded_normalized_softmax_ce(h, shard, targets[own], shard_start=start, num_items=N, impl=impl,
-                                         weight=w, **options)
+                                         row_weight=w, **options)
     objective(loss).backward()
     return {"loss": loss_value(loss).detach(), "dh": h.grad, "de": shard.grad, "start": start}
 

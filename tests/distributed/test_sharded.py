@@ -29,7 +29,7 @@ def _single_process(world, dtype, impl, options, equal):
     for r in range(world):
         own = cases.rows_of(r, sizes)
         h = hidden[own].clone().requires_grad_()
-        loss = tf.normalized_softmax_ce(h, e, targets[own], impl=impl, weight=weight[own] if use_weight else None,
+        loss = tf.normalized_softmax_ce(h, e, targets[own], impl=impl, row_weight=weight[own] if use_weight else None,
                                         **options)
         (cases.objective(loss) / world).backward()
         out.append({"loss": cases.loss_value(loss).detach(), "dh": h.grad * world})

@@ -1,4 +1,4 @@
-"""``torchrun --nproc-per-node 2 -m tfllmer_fast.cli train``: the sharded job on CPU (gloo)."""
+"""``torchrun --nproc-per-node 2 -m tfllmer_fast.app.cli train``: the sharded job on CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tfllmer_fast import cli
-from tfllmer_fast.synthetic import planted_dataset
+from tfllmer_fast.app import cli
+from tfllmer_fast.app.synthetic import planted_dataset
 
 
 def _free_port() -> int:
@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 def _torchrun(args, procs=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}",
-           f"--master-port={_free_port()}", "-m", "tfllmer_fast.cli", "train", *args]
+           f"--master-port={_free_port()}", "-m", "tfllmer_fast.app.cli", "train", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -198,7 +198,7 @@ def test_fakes_report_the_real_ops_strides():
         rows = torch.empty(12)
         grad = torch.ops.tfllmer_fast.normalized_ce_item_grad(h, e, t, rows, rows, rows, rows, *HeadOptions(),
                                                               torch.float32)
-        chunked = torch.ops.tfllmer_fast.normalized_ce_chunked(h, e, t, rows, *HeadOptions(), -100, 0.0, 4, True,
+        chunked = torch.ops.tfllmer_fast.normalized_ce_grad_in_forward(h, e, t, rows, *HeadOptions(), -100, 0.0, 4, True,
                                                                True)
     assert grad.is_contiguous() and chunked[4].is_contiguous() and chunked[3].is_contiguous()
     real_e = torch.randn(16, 50, device=DEVICE).t()
@@ -209,13 +209,13 @@ def test_fakes_report_the_real_ops_strides():
     assert real.is_contiguous()
 
 
-@pytest.mark.parametrize("impl", ["triton", "chunked"])
+@pytest.mark.parametrize("impl", ["triton", "torch_grad_in_forward"])
 def test_compile_with_a_transposed_table(impl):
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(8)
     hidden, table = on(torch.randn(16, 16, generator=g), torch.randn(16, 40, generator=g).t())
     (targets,) = on(torch.randint(0, 40, (16,), generator=g))
-    if impl == "chunked" and DEVICE.type == "cuda":
+    if impl == "torch_grad_in_forward" and DEVICE.type == "cuda":
         pytest.skip("the chunked path is the CPU's")
 
     def step(h, e, t):
@@ -233,7 +233,7 @@ def test_head_module_and_effective_stats_read_any_layout():
     """The module (over normalized_softmax_ce) and effective_stats (over
     topk_scores) on transposed queries, a strided table view, strided
     targets and exclusion lists give what they give on contiguous copies."""
-    from tfllmer_fast.diagnostics import effective_stats
+    from tfllmer_fast.app.diagnostics import effective_stats
 
     g = torch.Generator().manual_seed(9)
     head = tf.NormalizedSoftmaxHead(40, 16, impl="triton", device=DEVICE)

@@ -56,14 +56,14 @@ def test_matches_fp64_reference(options, dtype, device):
     _assert_within_budget(hidden, items, targets, **options)
 
 
-@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "torch_grad_in_forward", "torch"])
 @pytest.mark.parametrize("B,N,D", [(17, 33, 16), (16, 32, 8), (37, 65, 40), (5, 300, 64)])
 def test_odd_sizes(B, N, D, impl, device):
     hidden, items, targets = make_inputs(B, N, D, torch.float32, device)
     _assert_within_budget(hidden, items, targets, impl=impl)
 
 
-@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "torch_grad_in_forward", "torch"])
 def test_single_item(impl, device):
     """One item: p = 1, so loss and gradients are exactly 0. A relative error
     means nothing there; fp32 "highest" runs 3-pass TF32 on the GPU (and its
@@ -83,7 +83,7 @@ def test_chunked_matches_fp64_reference(options, dtype, device):
     cross chunk boundaries, ignored rows, weights."""
     hidden, items, targets = make_inputs(37, 301, 24, dtype, device, ignore_rows=(3, 20))
     weight = torch.rand(37, device=device)
-    _assert_within_budget(hidden, items, targets, impl="chunked", chunk_size=16, weight=weight, **options)
+    _assert_within_budget(hidden, items, targets, impl="torch_grad_in_forward", chunk_size=16, weight=weight, **options)
 
 
 def _graph_ops(tensor) -> set[str]:
@@ -101,7 +101,7 @@ def test_auto_on_cpu_takes_the_chunked_path_for_reduced_losses():
     h = hidden.requires_grad_()
     reduced = " ".join(_graph_ops(tf.normalized_softmax_ce(h, items, targets)))
     per_row = " ".join(_graph_ops(tf.normalized_softmax_ce(h, items, targets, reduction="none")))
-    assert "normalized_ce_chunked" in reduced and "normalized_ce_chunked" not in per_row
+    assert "normalized_ce_grad_in_forward" in reduced and "normalized_ce_grad_in_forward" not in per_row
 
 
 def test_chunked_refuses_gradients_through_lse_or_rows():
@@ -109,11 +109,11 @@ def test_chunked_refuses_gradients_through_lse_or_rows():
     through the lse or the per-row losses would be silently dropped, so it raises."""
     hidden, items, targets = make_inputs(8, 50, 16, torch.float32, "cpu")
     h = hidden.requires_grad_()
-    out = tf.normalized_softmax_ce(h, items, targets, impl="chunked", return_lse=True)
-    with pytest.raises(RuntimeError, match="impl='chunked' finishes the gradient in the forward"):
+    out = tf.normalized_softmax_ce(h, items, targets, impl="torch_grad_in_forward", return_lse=True)
+    with pytest.raises(RuntimeError, match="impl='torch_grad_in_forward' finishes the gradient in the forward"):
         (out.loss + out.lse.sum()).backward()
-    rows = tf.normalized_softmax_ce(h, items, targets, impl="chunked", reduction="none")
-    with pytest.raises(RuntimeError, match="impl='chunked' finishes the gradient in the forward"):
+    rows = tf.normalized_softmax_ce(h, items, targets, impl="torch_grad_in_forward", reduction="none")
+    with pytest.raises(RuntimeError, match="impl='torch_grad_in_forward' finishes the gradient in the forward"):
         rows.sum().backward()
 
 
@@ -139,7 +139,7 @@ def test_weights(dtype, device):
         _assert_within_budget(hidden, items, targets, weight=weight, reduction=reduction)
 
 
-@pytest.mark.parametrize("impl", ["triton", "chunked"])
+@pytest.mark.parametrize("impl", ["triton", "torch_grad_in_forward"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_zero_norm_item_rows_take_eps_path(dtype, impl, device):
     hidden, items, targets = make_inputs(37, 100, 16, dtype, device, zero_items=(0, 50))
@@ -313,7 +313,7 @@ def test_int64_offsets_beyond_2_31_elements():
     assert (ranks - ref_ranks).abs().max() <= 1
 
 
-@pytest.mark.parametrize("impl", ["triton", "chunked", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "torch_grad_in_forward", "torch"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_empty_batch_like_torch(impl, reduction, device):
     """No rows: the loss is NaN (mean) or 0 (sum) as F.cross_entropy gives, and

@@ -67,28 +67,28 @@ def test_op_schemas_follow_the_options():
     """The ops' option arguments are HeadOptions' and LossOptions' fields, in order."""
     head, loss = list(HeadOptions._fields), list(LossOptions._fields)
     for name, start, fields in (("normalized_ce_fwd", 3, head + loss), ("normalized_ce_item_grad", 7, head),
-                                ("normalized_ce_chunked", 4, head + loss), ("target_rank", 5, head), ("topk", 6, head)):
+                                ("normalized_ce_grad_in_forward", 4, head + loss), ("target_rank", 5, head), ("topk", 6, head)):
         args = [a.name for a in getattr(torch.ops.tfllmer_fast, name).default._schema.arguments]
         assert args[start : start + len(fields)] == fields, name
 
 
-def test_compile_fullgraph_chunked(device):
+def test_compile_fullgraph_grad_in_forward(device):
     """The CPU path (gradients finished in the forward) under torch.compile."""
     torch._dynamo.reset()
     hidden, items, targets = make_inputs(24, 70, 16, torch.float32, device, ignore_rows=(0, 5))
 
     def step(h, e, t):
-        return tf.normalized_softmax_ce(h, e, t, impl="chunked", temperature=0.5, label_smoothing=0.1, chunk_size=8)
+        return tf.normalized_softmax_ce(h, e, t, impl="torch_grad_in_forward", temperature=0.5, label_smoothing=0.1, chunk_size=8)
 
     for eager, compiled in zip(*_eager_and_compiled(step, hidden, items, targets)):
         assert rel_err(compiled, eager) < 1e-5
 
 
-def test_opcheck_chunked():
+def test_opcheck_grad_in_forward():
     hidden, items, targets = make_inputs(8, 40, 16, torch.float32, "cpu")
     coef = torch.full((8,), 1 / 8)
     torch.library.opcheck(
-        torch.ops.tfllmer_fast.normalized_ce_chunked.default,
+        torch.ops.tfllmer_fast.normalized_ce_grad_in_forward.default,
         (hidden, items, targets, coef, *HeadOptions(), *LossOptions(), 4, True, True),
         test_utils=("test_schema", "test_faketensor"),
     )

@@ -159,12 +159,13 @@ def test_topk_errors(device):
 def test_topk_reference_is_the_first_k_of_a_stable_sort(k, with_exclude):
     """The CPU path selects without sorting all N; on tie-heavy integer scores
     its list must be the one a stable descending sort gives."""
+    from tfllmer_fast.options import HeadOptions
     from tfllmer_fast.reference.ranking import _chunk_scores
 
     hidden, items, _, exclude = _integer_problem(30, 90, 4, "cpu")
     exclude = exclude if with_exclude else None
     top = topk_scores(hidden, items, k, exclude=exclude, normalize_items=False, impl="torch")
-    scores = _chunk_scores(hidden, items, 0, 30, exclude, {"normalize_items": False})
+    scores = _chunk_scores(hidden, items, 0, 30, exclude, HeadOptions(normalize_items=False))
     v, i = torch.sort(scores, dim=1, descending=True, stable=True)
     assert torch.equal(top.values, v[:, :k])
     assert torch.equal(top.indices, i[:, :k].masked_fill(v[:, :k] == float("-inf"), -1))

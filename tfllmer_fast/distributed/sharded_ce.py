@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..head import HeadOptionsView
 from ..ops import _checks
 from ..ops.normalized_ce import REDUCTIONS, NormalizedCEOutput, normalized_softmax_ce, reduce_rows
-from ..options import DEFAULT_TEMPERATURE, HeadOptions, LossOptions
+from ..options import HeadOptions, LossOptions, resolve_head_options
 from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world, shard_range
 
 
@@ -51,25 +51,23 @@ def sharded_normalized_softmax_ce(
     shard_start: int,
     num_items: int,
     process_group=None,
-    temperature: float = DEFAULT_TEMPERATURE,
-    normalize_items: bool = True,
-    normalize_hidden: bool = False,
-    eps: float = 1e-12,
+    options: HeadOptions | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    weight: Tensor | None = None,
+    row_weight: Tensor | None = None,
     return_lse: bool = False,
     impl: str = "auto",
     check_inputs: bool = False,
     chunk_size: int | None = None,
+    **head_options,
 ):
     """``normalized_softmax_ce`` of this rank's rows against a table sharded over ranks.
 
     ``item_shard`` (n_r, d) holds rows ``[shard_start, shard_start + n_r)`` of
     the ``num_items``-row table (the shards tile it in rank order; uneven sizes
     are fine); ``hidden`` (..., d), ``targets`` (...) global item ids and
-    ``weight`` are this rank's own rows (ranks may hold different numbers).
+    ``row_weight`` are this rank's own rows (ranks may hold different numbers).
     Every other option means what it does in ``normalized_softmax_ce``
     (``label_smoothing``'s 1/N is the global N). The result on each rank is
     what ``normalized_softmax_ce(hidden, full_table, targets, ...)`` gives;
@@ -79,6 +77,8 @@ def sharded_normalized_softmax_ce(
 
         normalized_softmax_ce(hidden, torch.cat(all_shards), targets, ...)
     """
+    weight = _checks.row_weight_argument(row_weight, head_options)
+    head = resolve_head_options(options, head_options)
     group, rank, world = group_rank_world(process_group)
     _checks.check_float_tensor("hidden", hidden)
     _checks.check_float_tensor("item_shard", item_shard, ndim_min=2)
@@ -89,13 +89,12 @@ def sharded_normalized_softmax_ce(
     if targets.shape != hidden.shape[:-1]:
         raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(hidden.shape[:-1])}")
     if weight is not None and weight.shape != targets.shape:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
+        raise ValueError(f"row_weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if impl == "chunked":
-        raise ValueError("impl='chunked' finishes the gradient of a local loss; the sharded head needs "
-                         "impl='auto', 'triton' or 'torch'")
-    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
+    if _checks.canonical_impl(impl) == "torch_grad_in_forward":
+        raise ValueError("impl='torch_grad_in_forward' finishes the gradient of a local loss; the sharded head "
+                         "needs impl='auto', 'triton' or 'torch'")
     loss_opts = LossOptions.make(ignore_index, label_smoothing)
     check_shards(int(shard_start), item_shard.shape[0], int(num_items), item_shard.shape[1], hidden, group)
 
@@ -118,7 +117,7 @@ def sharded_normalized_softmax_ce(
         # the op's own arithmetic (its roundings, its fp32 treatment of p_t),
         # not from a second computation beside it.
         local = normalized_softmax_ce(
-            h_all, shard, torch.where(owned, local_t, -100), **head._asdict(), ignore_index=-100,
+            h_all, shard, torch.where(owned, local_t, -100), options=head, ignore_index=-100,
             reduction="none", return_lse=True, impl=impl, check_inputs=check_inputs, chunk_size=chunk_size,
         )
         local_lse = local.lse
@@ -162,14 +161,13 @@ class ShardedNormalizedSoftmaxHead(HeadOptionsView, nn.Module):
     serves the ids it owns, summed over ranks), so the table stays tied.
     Keep it out of DistributedDataParallel: each rank's shard is its own."""
 
-    def __init__(self, num_items: int, dim: int, *, process_group=None, temperature: float = DEFAULT_TEMPERATURE,
-                 normalize_items: bool = True, normalize_hidden: bool = False, padding_idx: int | None = None,
-                 impl: str = "auto", device=None, dtype=None):
+    def __init__(self, num_items: int, dim: int, *, process_group=None, options: HeadOptions | None = None,
+                 padding_idx: int | None = None, impl: str = "auto", device=None, dtype=None, **head_options):
         super().__init__()
         _, rank, world = group_rank_world(process_group)
         self.process_group = process_group
         self.num_items, self.dim = num_items, dim
-        self.options = HeadOptions.make(temperature, normalize_items, normalize_hidden)
+        self.options = resolve_head_options(options, head_options)
         self.padding_idx, self.impl = padding_idx, impl
         self.shard_start, self.shard_stop = shard_range(num_items, rank, world)
         self.weight = nn.Parameter(torch.empty(self.shard_stop - self.shard_start, dim, device=device, dtype=dtype))
@@ -194,13 +192,14 @@ class ShardedNormalizedSoftmaxHead(HeadOptionsView, nn.Module):
         # In place once accumulated, not a copy of the shard's gradient per step.
         weight.grad[self.padding_idx - self.shard_start] = 0
 
-    def forward(self, hidden: Tensor, targets: Tensor, *, weight: Tensor | None = None, reduction: str = "mean",
-                label_smoothing: float = 0.0, return_lse: bool = False):
+    def forward(self, hidden: Tensor, targets: Tensor, *, reduction: str = "mean", label_smoothing: float = 0.0,
+                row_weight: Tensor | None = None, return_lse: bool = False, **deprecated):
         return sharded_normalized_softmax_ce(
             hidden, self.weight, targets, shard_start=self.shard_start, num_items=self.num_items,
-            process_group=self.process_group, **self.options._asdict(),
+            process_group=self.process_group, options=self.options,
             ignore_index=-100 if self.padding_idx is None else self.padding_idx, reduction=reduction,
-            label_smoothing=label_smoothing, weight=weight, return_lse=return_lse, impl=self.impl,
+            label_smoothing=label_smoothing, row_weight=_checks.row_weight_argument(row_weight, deprecated),
+            return_lse=return_lse, impl=self.impl, **deprecated,
         )
 
     def embed(self, ids: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from ..ops._kernels import kernels
 from ..ops._library import without_autocast_context
 from ..ops._scales import item_scale
 from ..ops.ranking import TopK, may_score_nan, topk_scores, unique_exclusions
-from ..options import DEFAULT_TEMPERATURE, HeadOptions
+from ..options import HeadOptions, resolve_head_options
 from ..reference.ranking import count_against_reference, target_scores_reference
 from ._comm import all_reduce_sum, check_shards, gather_rows, group_rank_world
 
@@ -39,14 +39,13 @@ def _gather_exclusions(exclude, num_rows: int, device, group):
     return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), all_items
 
 
-def _prepare(hidden, item_shard, shard_start, num_items, exclude, process_group, options):
+def _prepare(hidden, item_shard, shard_start, num_items, exclude, process_group, head: HeadOptions):
     group, rank, _ = group_rank_world(process_group)
     _checks.check_float_tensor("hidden", hidden, ndim_min=2)
     _checks.check_float_tensor("item_shard", item_shard, ndim_min=2)
     if hidden.dim() != 2 or item_shard.dim() != 2 or hidden.shape[1] != item_shard.shape[1]:
         raise ValueError(f"hidden (B, d) and item_shard (n, d) must be 2-D with one d, got {tuple(hidden.shape)} "
                          f"and {tuple(item_shard.shape)}")
-    head = HeadOptions.make(**options)
     check_shards(int(shard_start), item_shard.shape[0], int(num_items), item_shard.shape[1], hidden, group)
     h_all, sizes = gather_rows(hidden.detach(), group)
     indptr, items = _gather_exclusions(exclude, hidden.shape[0], hidden.device, group)
@@ -55,9 +54,8 @@ def _prepare(hidden, item_shard, shard_start, num_items, exclude, process_group,
 
 
 def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, shard_start: int, num_items: int,
-                        exclude=None, process_group=None, normalize_items: bool = True, normalize_hidden: bool = False,
-                        temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12, impl: str = "auto",
-                        chunk_size: int | None = None) -> Tensor:
+                        process_group=None, options: HeadOptions | None = None, exclude=None, impl: str = "auto",
+                        chunk_size: int | None = None, **head_options) -> Tensor:
     """``target_rank`` of this rank's rows against the sharded table: (B,) int64.
     ``targets`` and ``exclude`` (CSR ``(indptr, items)``) are in global ids.
 
@@ -69,16 +67,14 @@ def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, 
     them. ``impl``: ``"triton"`` (no scores held beyond a tile), ``"torch"``
     (one chunk of scores at a time), ``"auto"``. Memory does not grow with
     the number of rows beyond O(B)."""
-    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
-                   eps=eps)
     group, head, h_all, (indptr, ex_items), own = _prepare(hidden, item_shard, shard_start, num_items, exclude,
-                                                           process_group, options)
+                                                           process_group, resolve_head_options(options, head_options))
     _checks.check_index_tensor("targets", targets)
     _checks.raise_on_invalid_targets(targets, num_items, ignore_index=-(2**62))
     t_all, _ = gather_rows(targets.long(), group)
     n_local = item_shard.shape[0]
     dtype = _checks.compute_dtype(h_all, item_shard)
-    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    impl = _checks.resolve_impl(_checks.ranking_impl(impl), hidden.device, dtype, hidden.shape[-1])
     with torch.no_grad():
         local_t = t_all - shard_start
         t_here = torch.where((local_t >= 0) & (local_t < n_local), local_t, -1)
@@ -95,10 +91,10 @@ def sharded_target_rank(hidden: Tensor, item_shard: Tensor, targets: Tensor, *, 
         else:
             with without_autocast_context():
                 h_op, e_op = h_all.to(dtype), item_shard.to(dtype)
-                score = target_scores_reference(h_op, e_op, t_here, chunk_size=chunk_size, **head._asdict())
+                score = target_scores_reference(h_op, e_op, t_here, options=head, chunk_size=chunk_size)
                 score = all_reduce_sum(torch.where(t_here >= 0, score, 0.0), group)
-                counts = count_against_reference(h_op, e_op, t_here, score, exclude=local, chunk_size=chunk_size,
-                                                 **head._asdict())
+                counts = count_against_reference(h_op, e_op, t_here, score, options=head, exclude=local,
+                                                 chunk_size=chunk_size)
         counts = all_reduce_sum(counts, group)
     return 1 + counts[own]
 
@@ -114,17 +110,14 @@ def _local_exclusions(indptr: Tensor, items: Tensor, shard_start: int, n_local: 
 
 
 def sharded_topk_scores(hidden: Tensor, item_shard: Tensor, k: int, *, shard_start: int, num_items: int,
-                        exclude=None, process_group=None, normalize_items: bool = True,
-                        normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
-                        impl: str = "auto") -> TopK:
+                        process_group=None, options: HeadOptions | None = None, exclude=None, impl: str = "auto",
+                        **head_options) -> TopK:
     """``topk_scores`` of this rank's rows against the sharded table: values and
     global item ids, sorted by score with ties to the smaller global id."""
     if int(k) != k or not 1 <= k <= num_items:
         raise ValueError(f"k must lie in 1..N = {num_items}, got {k}")
-    options = dict(normalize_items=normalize_items, normalize_hidden=normalize_hidden, temperature=temperature,
-                   eps=eps)
     group, head, h_all, (indptr, ex_items), own = _prepare(hidden, item_shard, shard_start, num_items, exclude,
-                                                           process_group, options)
+                                                           process_group, resolve_head_options(options, head_options))
     n_local = item_shard.shape[0]
     B = h_all.shape[0]
     with torch.no_grad():
@@ -134,8 +127,8 @@ def sharded_topk_scores(hidden: Tensor, item_shard: Tensor, k: int, *, shard_sta
             row_of = torch.repeat_interleave(torch.arange(B, device=hidden.device), indptr.diff())
             counts = torch.bincount(row_of[keep], minlength=B)
             local_exclude = (torch.cat([counts.new_zeros(1), counts.cumsum(0)]), local[keep])
-            top = topk_scores(h_all, item_shard, min(int(k), n_local), exclude=local_exclude, impl=impl,
-                              **head._asdict())
+            top = topk_scores(h_all, item_shard, min(int(k), n_local), options=head, exclude=local_exclude,
+                              impl=impl)
             values = top.values
             ids = torch.where(top.indices >= 0, top.indices + shard_start, top.indices)
         else:

@@ -10,7 +10,42 @@ import torch
 from ._kernels import kernels
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-IMPLS = ("auto", "triton", "chunked", "torch")
+IMPLS = ("auto", "triton", "torch_grad_in_forward", "torch")
+"""``triton``: the fused kernels. ``torch_grad_in_forward``: plain torch over
+row chunks that finishes the reduced loss's gradients in the forward (the
+CPU path: nothing kept for the backward). ``torch``: the plain-torch
+reference under autograd (a chunk of rows' logits at a time). ``auto``:
+triton on CUDA where the kernels serve the width, a torch path otherwise."""
+DEPRECATED_IMPLS = {"chunked": "torch_grad_in_forward"}
+
+
+def canonical_impl(impl: str) -> str:
+    """``impl`` under its current name (old names warn once per call site)."""
+    if impl in DEPRECATED_IMPLS:
+        warnings.warn(f"impl={impl!r} is now impl={DEPRECATED_IMPLS[impl]!r}; the old name goes in the next "
+                      "release", DeprecationWarning, stacklevel=3)
+        return DEPRECATED_IMPLS[impl]
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def ranking_impl(impl: str) -> str:
+    """The ranking ops have no gradients: the gradient-in-forward path is the reference."""
+    impl = canonical_impl(impl)
+    return "torch" if impl == "torch_grad_in_forward" else impl
+
+
+def row_weight_argument(row_weight, keywords: dict):
+    """``row_weight``, or the deprecated ``weight=`` popped from ``keywords``
+    (it read as ``F.cross_entropy``'s per-class weight, which it is not)."""
+    if "weight" not in keywords:
+        return row_weight
+    if row_weight is not None:
+        raise TypeError("pass row_weight= only (weight= is its old name)")
+    warnings.warn("weight= is now row_weight= (a weight per row, not per class); the old name goes in the next "
+                  "release", DeprecationWarning, stacklevel=3)
+    return keywords.pop("weight")
 
 
 def check_float_tensor(name: str, x, ndim_min: int = 1, dtypes=FLOAT_DTYPES + (torch.float64,)) -> None:
@@ -57,8 +92,7 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, dim: int, 
     """Pick the implementation: 'auto' means Triton on CUDA (for widths the
     kernels serve), ``fallback`` otherwise. An explicit choice that cannot run
     raises and says why."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    impl = canonical_impl(impl)
     if impl == "auto":
         use = device.type == "cuda" and dtype in FLOAT_DTYPES and _kernels_serve(dim, device, dtype)
         if device.type == "cuda" and not use:

@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..options import DEFAULT_TEMPERATURE, HeadOptions, LossOptions
+from ..options import HeadOptions, LossOptions, resolve_head_options
 from ..reference.normalized_ce import normalized_ce_rows
-from . import _checks, normalized_ce_chunked, normalized_ce_triton
+from . import _checks, normalized_ce_grad_in_forward, normalized_ce_triton
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -31,26 +31,27 @@ def normalized_softmax_ce(
     item_emb: Tensor,
     targets: Tensor,
     *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    normalize_items: bool = True,
-    normalize_hidden: bool = False,
-    eps: float = 1e-12,
+    options: HeadOptions | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    weight: Tensor | None = None,
+    row_weight: Tensor | None = None,
     return_lse: bool = False,
     impl: str = "auto",
     check_inputs: bool = False,
     chunk_size: int | None = None,
+    **head_options,
 ):
     """Cross-entropy over all N items without materializing the (B, N) logits.
 
-    Shapes: ``hidden`` (..., d), ``item_emb`` (N, d), ``targets`` (...) int64,
-    ``weight`` (...) optional per-row weights. The logits are
-    ``<h', e'_j> / temperature`` with ``e'_j = e_j / max(||e_j||, eps)`` when
-    ``normalize_items`` and ``h'`` likewise when ``normalize_hidden``. Plain
-    torch equivalent (``weight=None``)::
+    Shapes: ``hidden`` (..., d), ``item_emb`` (N, d), ``targets`` (...) int64
+    or int32, ``row_weight`` (...) optional per-row weights (``weight=``, the
+    old name, still works). The head options come as ``options=HeadOptions(...)``
+    or as its fields' keywords (``temperature``, ``normalize_items``,
+    ``normalize_hidden``, ``eps``): the logits are ``<h', e'_j> / temperature``
+    with ``e'_j = e_j / max(||e_j||, eps)`` when ``normalize_items`` and ``h'``
+    likewise when ``normalize_hidden``. Plain torch equivalent
+    (``row_weight=None``)::
 
         e = F.normalize(item_emb, dim=-1, eps=eps) if normalize_items else item_emb
         h = F.normalize(hidden, dim=-1, eps=eps) if normalize_hidden else hidden
@@ -58,7 +59,7 @@ def normalized_softmax_ce(
                         ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing)
 
-    With ``weight`` the per-row losses are multiplied by it; ``"mean"`` then
+    With ``row_weight`` the per-row losses are multiplied by it; ``"mean"`` then
     divides by the weight summed over non-ignored rows. ``"mean"`` over only
     ignored rows is NaN, as in torch; ``"sum"`` is a plain sum, so gradients
     accumulated over micro-batches add up exactly. The loss is fp32 whatever
@@ -66,9 +67,11 @@ def normalized_softmax_ce(
     count stays on the device: the call never synchronizes with the host.
 
     ``impl``: ``"triton"`` (CUDA tensors, or CPU tensors with
-    ``TRITON_INTERPRET=1``), ``"torch"`` (the chunked reference: at most
-    ``chunk_size`` x N logits at a time), ``"auto"`` (triton on CUDA, torch
-    otherwise). The Triton gradients are exact: every probability enters dH
+    ``TRITON_INTERPRET=1``), ``"torch"`` (the plain-torch reference under
+    autograd, at most ``chunk_size`` x N logits at a time),
+    ``"torch_grad_in_forward"`` (plain torch that finishes a reduced loss's
+    gradients in the forward, the CPU path), ``"auto"`` (triton on CUDA,
+    a torch path otherwise). The Triton gradients are exact: every probability enters dH
     and dE (cut-cross-entropy by default skips gradient blocks whose
     probabilities all fall below a threshold), and they are deterministic (no
     atomics). Gradients for ``item_emb`` are computed only when it requires grad.
@@ -98,6 +101,8 @@ def normalized_softmax_ce(
 
     Returns the loss, or ``NormalizedCEOutput(loss, lse)`` when ``return_lse``.
     """
+    weight = _checks.row_weight_argument(row_weight, head_options)
+    head = resolve_head_options(options, head_options)
     _checks.check_float_tensor("hidden", hidden)
     _checks.check_float_tensor("item_emb", item_emb, ndim_min=2)
     _checks.check_index_tensor("targets", targets)
@@ -110,26 +115,22 @@ def normalized_softmax_ce(
     if targets.shape != hidden.shape[:-1]:
         raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(hidden.shape[:-1])}")
     if weight is not None:
-        _checks.check_float_tensor("weight", weight, ndim_min=0)
+        _checks.check_float_tensor("row_weight", weight, ndim_min=0)
         if weight.shape != targets.shape:
-            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
-    _checks.check_same_device(hidden=hidden, item_emb=item_emb, targets=targets, weight=weight)
+            raise ValueError(f"row_weight has shape {tuple(weight.shape)}, expected {tuple(targets.shape)}")
+    _checks.check_same_device(hidden=hidden, item_emb=item_emb, targets=targets, row_weight=weight)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
     loss_opts = LossOptions.make(ignore_index, label_smoothing)
     if item_emb.shape[0] == 0:
         raise ValueError("item_emb has no rows")
 
     dtype = _checks.compute_dtype(hidden, item_emb)
-    # Gradients in the forward serve a reduced loss; per-row losses and the lse,
-    # which may carry gradients of their own, take the reference.
-    fallback = "chunked" if reduction != "none" and not return_lse else "torch"
-    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1], fallback)
+    impl = selected_impl(hidden, item_emb, impl=impl, reduction=reduction, return_lse=return_lse)
     h2 = hidden.reshape(-1, hidden.shape[-1])
     t1 = targets.reshape(-1).long()
-    if impl == "chunked":
-        return _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size,
+    if impl == "torch_grad_in_forward":
+        return _grad_in_forward(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size,
                         targets.shape)
     if impl == "triton":
         compute_o = hidden.requires_grad and torch.is_grad_enabled()
@@ -145,7 +146,19 @@ def normalized_softmax_ce(
     return loss
 
 
-def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size, shape):
+def selected_impl(hidden: Tensor, item_emb: Tensor, *, impl: str = "auto", reduction: str = "mean",
+                  return_lse: bool = False) -> str:
+    """The implementation ``normalized_softmax_ce`` runs for these inputs and
+    settings (``"triton"``, ``"torch_grad_in_forward"`` or ``"torch"``); an
+    explicit ``impl`` that cannot run raises, as the call would."""
+    dtype = _checks.compute_dtype(hidden, item_emb)
+    # Gradients in the forward serve a reduced loss; per-row losses and the lse,
+    # which may carry gradients of their own, take the reference.
+    fallback = "torch_grad_in_forward" if reduction != "none" and not return_lse else "torch"
+    return _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1], fallback)
+
+
+def _grad_in_forward(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, check_inputs, chunk_size, shape):
     N = item_emb.shape[0]
     _checks.check_rows(h2, item_emb, t1, loss_opts.ignore_index, check_inputs)
     valid = t1 != loss_opts.ignore_index
@@ -158,9 +171,9 @@ def _chunked(h2, item_emb, t1, weight, head, loss_opts, reduction, return_lse, c
     # A row with an out-of-range target makes the loss NaN (CUDA, unchecked), as the other paths do.
     coef = torch.where(bad, float("nan"), coef)
     grad = torch.is_grad_enabled() and reduction != "none"
-    loss, rows, lse, _, _ = normalized_ce_chunked.normalized_ce_chunked(
+    loss, rows, lse, _, _ = normalized_ce_grad_in_forward.normalized_ce_grad_in_forward(
         h2, item_emb, torch.where(valid & ~bad, t1, 0), coef, *head, *loss_opts,
-        chunk_size or normalized_ce_chunked.chunk_rows(N, h2.device), grad and h2.requires_grad,
+        chunk_size or normalized_ce_grad_in_forward.chunk_rows(N, h2.device), grad and h2.requires_grad,
         grad and item_emb.requires_grad,
     )
     if reduction == "mean":
@@ -178,7 +191,7 @@ def _torch_rows(h2, item_emb, t1, head, loss_opts, check_inputs, chunk_size):
     _checks.check_rows(h2, item_emb, t1, ignore_index, check_inputs)
     bad = _checks.invalid_targets(t1, N, ignore_index)
     rows, lse = normalized_ce_rows(
-        h2, item_emb, torch.where(bad, 0, t1), **head._asdict(), **loss_opts._asdict(), chunk_size=chunk_size
+        h2, item_emb, torch.where(bad, 0, t1), options=head, **loss_opts._asdict(), chunk_size=chunk_size
     )
     return torch.where(bad, float("nan"), rows), lse
 

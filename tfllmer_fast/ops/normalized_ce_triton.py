@@ -84,7 +84,7 @@ def _fwd(hidden: Tensor, item_emb: Tensor, targets: Tensor, *args) -> tuple[Tens
 
 def kernel_targets(targets: Tensor, num_items: int, ignore_index: int) -> Tensor:
     """(B,) int64 contiguous: each row's target where it has one in range, else -1."""
-    keep = (targets != ignore_index) & (targets >= 0) & (targets < num_items)
+    keep = (targets != ignore_index) & ~_checks.invalid_targets(targets, num_items, ignore_index)
     return torch.where(keep, targets, -1).long().contiguous()
 
 

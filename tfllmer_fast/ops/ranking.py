@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..options import DEFAULT_TEMPERATURE, HeadOptions
+from ..options import HeadOptions, resolve_head_options
 from ..reference.ranking import target_rank_reference, topk_reference
 from . import _checks
 from ._kernels import kernels
@@ -49,14 +49,14 @@ def _check_common(hidden, item_emb, exclude):
     return indptr.long().contiguous(), items.long().contiguous()
 
 
-def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
-                impl: str = "auto", chunk_size: int | None = None) -> Tensor:
+def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, options: HeadOptions | None = None,
+                exclude=None, impl: str = "auto", chunk_size: int | None = None, **head_options) -> Tensor:
     """Rank of each row's target among all items: (B,) int64.
 
     hidden (B, d), item_emb (N, d), targets (B,); ``exclude`` a CSR pair
     ``(indptr (B + 1,), items)`` of items to leave out per row (the target is
-    never excluded). rank = 1 + the number of other candidates whose score is
+    never excluded); ``options`` (or its fields' keywords) as in
+    ``normalized_softmax_ce``. rank = 1 + the number of other candidates whose score is
     >= the target's: ties count against the target (every score, the
     target's included, comes from one expression, so an item equal to the
     target ties with it exactly, excluded or not). NaN never makes a hit: a
@@ -67,21 +67,21 @@ def target_rank(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, exclude=No
         s = normalized_logits(hidden, item_emb, ...); s[excluded] = -inf
         1 + (s >= s.gather(1, t[:, None])).sum(1) - 1
     """
+    head = resolve_head_options(options, head_options)
     exclude = _check_common(hidden, item_emb, exclude)
-    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
     _checks.check_index_tensor("targets", targets)
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({hidden.shape[0]},)")
     if not torch.compiler.is_compiling():
         _checks.raise_on_invalid_targets(targets, item_emb.shape[0], ignore_index=-(2**62))
     dtype = _checks.compute_dtype(hidden, item_emb)
-    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    impl = _checks.resolve_impl(_checks.ranking_impl(impl), hidden.device, dtype, hidden.shape[-1])
     targets = targets.long().contiguous()  # a strided view (seq[:, -1]) is read as laid out
     with torch.no_grad():
         if impl == "torch":
             with without_autocast_context():
-                return target_rank_reference(hidden.to(dtype), item_emb.to(dtype), targets, exclude=exclude,
-                                             chunk_size=chunk_size, **head._asdict())
+                return target_rank_reference(hidden.to(dtype), item_emb.to(dtype), targets, options=head,
+                                             exclude=exclude, chunk_size=chunk_size)
         indptr, items = exclude if exclude is not None else (None, None)
         return _target_rank_op(hidden, item_emb, targets, indptr, items, *head, dtype)
 
@@ -128,9 +128,8 @@ _target_rank_op = define_op(
 )
 
 
-def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, normalize_items: bool = True,
-                normalize_hidden: bool = False, temperature: float = DEFAULT_TEMPERATURE, eps: float = 1e-12,
-                impl: str = "auto", chunk_size: int | None = None) -> TopK:
+def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, options: HeadOptions | None = None, exclude=None,
+                impl: str = "auto", chunk_size: int | None = None, **head_options) -> TopK:
     """The k best items per row: ``TopK(values, indices)``, each (B, k), sorted
     by score (ties to the smaller item id; a NaN score first, as a descending
     ``torch.sort`` puts it); excluded items never appear (a row with fewer
@@ -145,13 +144,13 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
         s = normalized_logits(hidden, item_emb, ...); s[excluded] = -inf
         torch.sort(s, dim=1, descending=True, stable=True)[:, :k]
     """
+    head = resolve_head_options(options, head_options)
     exclude = _check_common(hidden, item_emb, exclude)
-    head = HeadOptions.make(temperature, normalize_items, normalize_hidden, eps)
     if int(k) != k or not 1 <= k <= item_emb.shape[0]:
         raise ValueError(f"k must lie in 1..N = {item_emb.shape[0]}, got {k}")
     dtype = _checks.compute_dtype(hidden, item_emb)
-    requested = impl
-    impl = "torch" if impl == "chunked" else _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
+    requested = impl = _checks.ranking_impl(impl)
+    impl = _checks.resolve_impl(impl, hidden.device, dtype, hidden.shape[-1])
     if impl == "triton" and (not kernels().topk_supported() or int(k) > kernels().topk_max_k()):
         if requested == "triton":
             raise ValueError(f"impl='triton' serves k <= {kernels().topk_max_k()} (got k={int(k)}) and needs "
@@ -160,8 +159,8 @@ def topk_scores(hidden: Tensor, item_emb: Tensor, k: int, *, exclude=None, norma
     with torch.no_grad():
         if impl == "torch":
             with without_autocast_context():
-                values, indices = topk_reference(hidden.to(dtype), item_emb.to(dtype), int(k), exclude=exclude,
-                                                 chunk_size=chunk_size, **head._asdict())
+                values, indices = topk_reference(hidden.to(dtype), item_emb.to(dtype), int(k), options=head,
+                                                 exclude=exclude, chunk_size=chunk_size)
         else:
             indptr, items = exclude if exclude is not None else (None, None)
             longest = int(indptr.diff().max()) if exclude is not None and hidden.shape[0] else 0

@@ -12,23 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..options import DEFAULT_TEMPERATURE
+from ..options import HeadOptions, resolve_head_options
 
 # Rows per chunk are chosen so one chunk of fp32 logits stays near this size.
-CHUNK_BYTES = 256 * 2**20
+REFERENCE_CHUNK_BYTES = 256 * 2**20
 
 
 def normalized_logits(
     hidden: torch.Tensor,
     item_emb: torch.Tensor,
     *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    normalize_items: bool = True,
-    normalize_hidden: bool = False,
-    eps: float = 1e-12,
+    options: HeadOptions | None = None,
+    **head_options,
 ) -> torch.Tensor:
     """Dense logits (..., N): ``F.normalize(hidden) @ F.normalize(item_emb).T / temperature``
-    (each normalization only when enabled)."""
+    (each normalization only when enabled; ``options`` or its fields' keywords)."""
+    temperature, normalize_items, normalize_hidden, eps = resolve_head_options(options, head_options)
     if normalize_items:
         item_emb = F.normalize(item_emb, dim=-1, eps=eps)
     if normalize_hidden:
@@ -37,11 +36,8 @@ def normalized_logits(
     return logits if temperature == 1.0 else logits / temperature
 
 
-def _chunk_rows(hidden, items, targets, temperature, normalize_hidden, eps, ignore_index, label_smoothing):
-    logits = normalized_logits(
-        hidden, items, temperature=temperature, normalize_items=False,
-        normalize_hidden=normalize_hidden, eps=eps,
-    )
+def _chunk_losses(hidden, items, targets, temperature, normalize_hidden, eps, ignore_index, label_smoothing):
+    logits = normalized_logits(hidden, items, options=HeadOptions(temperature, False, normalize_hidden, eps))
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     # One log-sum-exp serves the loss and the returned lse: F.cross_entropy plus a
     # separate logsumexp made three passes over the (chunk, N) logits, forward and
@@ -60,13 +56,11 @@ def normalized_ce_rows(
     item_emb: torch.Tensor,
     targets: torch.Tensor,
     *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    normalize_items: bool = True,
-    normalize_hidden: bool = False,
-    eps: float = 1e-12,
+    options: HeadOptions | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
+    **head_options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss and log-sum-exp, both (B,) in fp32 (fp64 for fp64 inputs).
 
@@ -76,9 +70,10 @@ def normalized_ce_rows(
         logits = normalized_logits(hidden, item_emb, ...)  # then at least fp32
         F.cross_entropy(logits, targets, reduction="none", ...), logits.logsumexp(-1)
     """
+    temperature, normalize_items, normalize_hidden, eps = resolve_head_options(options, head_options)
     n_rows, n_items = hidden.shape[0], item_emb.shape[0]
     if chunk_size is None:
-        chunk_size = max(1, CHUNK_BYTES // (4 * max(n_items, 1)))
+        chunk_size = max(1, REFERENCE_CHUNK_BYTES // (4 * max(n_items, 1)))
     items = F.normalize(item_emb, dim=-1, eps=eps) if normalize_items else item_emb
     args = (temperature, normalize_hidden, eps, ignore_index, label_smoothing)
     keep_graph = torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad)
@@ -86,9 +81,9 @@ def normalized_ce_rows(
     for start in range(0, n_rows, chunk_size):
         sl = slice(start, start + chunk_size)
         if keep_graph and n_rows > chunk_size:
-            loss, lse = checkpoint(_chunk_rows, hidden[sl], items, targets[sl], *args, use_reentrant=False)
+            loss, lse = checkpoint(_chunk_losses, hidden[sl], items, targets[sl], *args, use_reentrant=False)
         else:
-            loss, lse = _chunk_rows(hidden[sl], items, targets[sl], *args)
+            loss, lse = _chunk_losses(hidden[sl], items, targets[sl], *args)
         losses.append(loss)
         lses.append(lse)
     if not losses:  # no rows: empty results that stay connected to both inputs (zero gradients, as torch gives)
@@ -104,19 +99,15 @@ def plain_normalized_ce(
     item_emb: torch.Tensor,
     targets: torch.Tensor,
     *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    normalize_items: bool = True,
-    normalize_hidden: bool = False,
-    eps: float = 1e-12,
+    options: HeadOptions | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    **head_options,
 ) -> torch.Tensor:
     """The unfused textbook head (the benchmark baseline): dense (B, N) logits,
     then ``F.cross_entropy`` with mean reduction."""
-    logits = normalized_logits(
-        hidden.reshape(-1, hidden.shape[-1]), item_emb, temperature=temperature,
-        normalize_items=normalize_items, normalize_hidden=normalize_hidden, eps=eps,
-    )
+    logits = normalized_logits(hidden.reshape(-1, hidden.shape[-1]), item_emb,
+                               options=resolve_head_options(options, head_options))
     return F.cross_entropy(
         logits.float(), targets.reshape(-1), ignore_index=ignore_index, label_smoothing=label_smoothing
     )

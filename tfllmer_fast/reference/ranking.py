@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .normalized_ce import CHUNK_BYTES
+from ..options import HeadOptions, resolve_head_options
+from .normalized_ce import REFERENCE_CHUNK_BYTES
 
 
 def _work_dtype(*tensors) -> torch.dtype:
@@ -37,7 +38,8 @@ def row_scales(hidden, *, temperature=1.0, normalize_hidden=False, eps=1e-12, dt
 class _Scorer:
     """The order scores ``<h_i, e_j> r_j`` of a chunk of rows, one table cast per call."""
 
-    def __init__(self, hidden, item_emb, temperature=1.0, normalize_items=True, normalize_hidden=False, eps=1e-12):
+    def __init__(self, hidden, item_emb, options: HeadOptions):
+        temperature, normalize_items, normalize_hidden, eps = options
         self.work = _work_dtype(hidden, item_emb)
         self.hidden = hidden
         self.items = item_emb.to(self.work)
@@ -52,9 +54,9 @@ class _Scorer:
         return scores
 
 
-def _chunk_scores(hidden, item_emb, start, stop, exclude, options):
+def _chunk_scores(hidden, item_emb, start, stop, exclude, options: HeadOptions):
     """Order scores of rows [start, stop) with their excluded items at -inf."""
-    return _Scorer(hidden, item_emb, **options)(start, stop, exclude)
+    return _Scorer(hidden, item_emb, options)(start, stop, exclude)
 
 
 def _mask(scores, start, stop, exclude, value=float("-inf")):
@@ -66,20 +68,20 @@ def _mask(scores, start, stop, exclude, value=float("-inf")):
     scores[rows, items[lo:hi]] = value
 
 
-def _chunk_rows(n_items: int, chunk_size: int | None) -> int:
-    return chunk_size or max(1, CHUNK_BYTES // (4 * max(n_items, 1)))
+def _row_chunks(hidden, item_emb, chunk_size: int | None):
+    """(start, stop) of each chunk of rows; one chunk's fp32 scores stay near ``REFERENCE_CHUNK_BYTES``."""
+    n_rows = hidden.shape[0]
+    step = chunk_size or max(1, REFERENCE_CHUNK_BYTES // (4 * max(item_emb.shape[0], 1)))
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
-def target_rank_reference(hidden, item_emb, targets, *, exclude=None, chunk_size=None, **options):
+def target_rank_reference(hidden, item_emb, targets, *, options=None, exclude=None, chunk_size=None, **head_options):
     """(B,) int64: 1 + the number of non-excluded items other than the target
     whose score is >= the target's (ties count against the target; a NaN item
     counts, and a NaN target is counted against by every candidate)."""
-    n_rows = hidden.shape[0]
-    step = _chunk_rows(item_emb.shape[0], chunk_size)
-    scorer = _Scorer(hidden, item_emb, **options)
+    scorer = _Scorer(hidden, item_emb, resolve_head_options(options, head_options))
     ranks = []
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    for start, stop in _row_chunks(hidden, item_emb, chunk_size):
         scores = scorer(start, stop)
         t = targets[start:stop]
         target_score = scores[torch.arange(stop - start, device=scores.device), t]
@@ -100,48 +102,40 @@ def _count_against(scores, target_score, t, start, stop, exclude):
     return against.sum(dim=1)
 
 
-def target_scores_reference(hidden, item_emb, targets, *, chunk_size=None, **options):
+def target_scores_reference(hidden, item_emb, targets, *, options=None, chunk_size=None, **head_options):
     """(B,) the order score <h, e_t> r_t of each row's target (``targets`` -1:
     none here, score 0), from the same chunked matmul that counts, so an item
     elsewhere equal to the target ties with it exactly."""
-    n_rows = hidden.shape[0]
-    step = _chunk_rows(item_emb.shape[0], chunk_size)
-    scorer = _Scorer(hidden, item_emb, **options)
-    out = torch.zeros(n_rows, dtype=scorer.work, device=hidden.device)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    scorer = _Scorer(hidden, item_emb, resolve_head_options(options, head_options))
+    out = torch.zeros(hidden.shape[0], dtype=scorer.work, device=hidden.device)
+    for start, stop in _row_chunks(hidden, item_emb, chunk_size):
         t = targets[start:stop]
         picked = scorer(start, stop)[torch.arange(stop - start, device=hidden.device), t.clamp_min(0)]
         out[start:stop] = torch.where(t >= 0, picked, 0.0)
     return out
 
 
-def count_against_reference(hidden, item_emb, targets, target_score, *, exclude=None, chunk_size=None, **options):
+def count_against_reference(hidden, item_emb, targets, target_score, *, options=None, exclude=None, chunk_size=None,
+                            **head_options):
     """(B,) int64: for each row, the candidates of this table (not excluded, not
     ``targets``, -1 where the target lies elsewhere) that count against the
     given ``target_score`` (a shard's part of a rank). One chunk of scores at a time."""
-    n_rows = hidden.shape[0]
-    step = _chunk_rows(item_emb.shape[0], chunk_size)
-    scorer = _Scorer(hidden, item_emb, **options)
-    counts = torch.zeros(n_rows, dtype=torch.int64, device=hidden.device)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    scorer = _Scorer(hidden, item_emb, resolve_head_options(options, head_options))
+    counts = torch.zeros(hidden.shape[0], dtype=torch.int64, device=hidden.device)
+    for start, stop in _row_chunks(hidden, item_emb, chunk_size):
         counts[start:stop] = _count_against(scorer(start, stop), target_score[start:stop].to(scorer.work),
                                             targets[start:stop], start, stop, exclude)
     return counts
 
 
-def topk_reference(hidden, item_emb, k, *, exclude=None, chunk_size=None, **options):
+def topk_reference(hidden, item_emb, k, *, options=None, exclude=None, chunk_size=None, **head_options):
     """(values, indices), each (B, k), sorted by score descending with ties to the
     smaller item id; excluded items are never returned (slots beyond a row's
     candidates hold score -inf and index -1). Plain torch equivalent per chunk:
     a stable descending ``torch.sort`` of the scores, first k."""
-    n_rows, n_items = hidden.shape[0], item_emb.shape[0]
-    step = _chunk_rows(n_items, chunk_size)
-    scorer = _Scorer(hidden, item_emb, **options)
+    scorer = _Scorer(hidden, item_emb, resolve_head_options(options, head_options))
     values, indices = [], []
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    for start, stop in _row_chunks(hidden, item_emb, chunk_size):
         v, i = _top_k_ties_to_smaller_id(scorer(start, stop, exclude), k)
         values.append(v * scorer.s[start:stop, None])
         indices.append(i.masked_fill(v == float("-inf"), -1))

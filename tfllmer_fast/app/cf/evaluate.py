@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ops.ranking import topk_scores
-from ..options import HeadOptions
+from ... import HeadOptions, topk_scores
 
 CUTOFFS = (10, 20)
 
@@ -58,7 +57,7 @@ def ranking_metrics(user_vecs, item_vecs, heldout, known, *, options: HeadOption
         batch = users[start : start + batch_size]
         exclude = _csr([np.concatenate([[0], known[u]]) for u in batch], user_vecs.device)
         top = topk_scores(user_vecs[torch.as_tensor(batch, device=user_vecs.device)].float(), item_vecs.float(), k_max,
-                          exclude=exclude, **options._asdict()).indices.cpu().numpy()
+                          options=options, exclude=exclude).indices.cpu().numpy()
         for name, mask in parts.items():
             targets = [heldout[u] if mask is None else heldout[u][mask[heldout[u]]] for u in batch]
             rows = np.array([len(t) > 0 for t in targets])

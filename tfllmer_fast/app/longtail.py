@@ -9,18 +9,11 @@ the evaluation examples whose target is a tail item.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
-from .limits import bounded
+from .config import LongTailSettings
 
-
-@dataclass
-class LongTailSettings:
-    """The head/tail split a training configuration carries."""
-
-    head_share: float = bounded(0.8, 0.0, 1.0)  # training interactions the head items hold
 
 
 def item_counts(sequences, num_items: int) -> np.ndarray:

@@ -9,14 +9,13 @@ import numpy as np
 import torch.distributed as dist
 
 from . import data as data_mod
-from .config import RunConfig, load_saved
-from .distributed import runtime
+from .config import RunConfig, load_saved, require_features
+from ..distributed import runtime
 from .features import attribute_matrix, load_matrix
-from .graph import cooccurrence, pca, rec_pca
+from ..graph import cooccurrence, pca, rec_pca
 from .train import Trainer
 
 log = logging.getLogger(__name__)
-INITS = ("random", "pca", "recpca")
 
 
 def load_features(path, num_items: int, item_ids=None) -> np.ndarray:
@@ -30,12 +29,9 @@ def load_features(path, num_items: int, item_ids=None) -> np.ndarray:
 
 def item_embeddings(init: str, split, features, dim: int, *, beta: float = 0.3, top_k: int = 20):
     """(num_items + 1, dim) initial item table (row 0 padding) or None for random."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    require_features(init, features)
     if init == "random":
         return None
-    if features is None:
-        raise ValueError(f"init={init!r} needs item features (--features)")
     body = features[1:]
     if init == "pca":
         emb = pca(body, dim)

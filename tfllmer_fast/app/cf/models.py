@@ -7,7 +7,7 @@ import scipy.sparse
 import torch
 from torch import Tensor, nn
 
-from ..graph import normalized_adjacency
+from ...graph import normalized_adjacency
 
 
 class MF(nn.Module):

@@ -1,4 +1,4 @@
-"""``impl="chunked"``: the CPU path of ``normalized_softmax_ce``, gradients in the forward.
+"""``impl="torch_grad_in_forward"``: the CPU path of ``normalized_softmax_ce``, gradients in the forward.
 
 When the loss is reduced (``"mean"`` or ``"sum"``) its upstream gradient is
 one scalar, so the forward can finish the whole gradient while each chunk of
@@ -9,7 +9,7 @@ matmuls in all, as plain torch does, with no (B, N) tensor and no
 recomputation (the checkpointed reference, ``impl="torch"``, recomputes every
 chunk's logits in the backward and stays the independent test oracle).
 
-``tfllmer_fast::normalized_ce_chunked(hidden, item_emb, targets, coef,
+``tfllmer_fast::normalized_ce_grad_in_forward(hidden, item_emb, targets, coef,
 *HeadOptions, *LossOptions, chunk_rows, grad_hidden, grad_items)`` returns
 ``(loss, rows, lse, dH, dE)``: ``loss = sum_i coef_i rows_i`` (``coef`` folds
 the reduction, the weights and the ignored rows), the per-row losses, the
@@ -31,7 +31,7 @@ from .normalized_ce_triton import hidden_grad
 # to 1,024 tried: more rows leave cache, fewer re-read the (N, d) gradient
 # accumulator more often); past 64 MiB of fp32 logits the chunk shrinks, to
 # no fewer than 16 rows, so memory stays bounded for 10M-item catalogs.
-CHUNK_BYTES = 64 * 2**20
+CPU_CHUNK_BYTES = 64 * 2**20
 EXP_FLOOR = -60.0
 CHUNK_ROWS = (16, 128)
 # On a GPU (a width or dtype the kernels do not serve) each chunk is a large
@@ -45,7 +45,7 @@ def chunk_rows(num_items: int, device: torch.device | None = None) -> int:
     if device is not None and torch.device(device).type == "cuda":
         return max(GPU_MIN_ROWS, GPU_CHUNK_BYTES // (4 * max(num_items, 1)))
     low, high = CHUNK_ROWS
-    return max(low, min(high, CHUNK_BYTES // (4 * max(num_items, 1))))
+    return max(low, min(high, CPU_CHUNK_BYTES // (4 * max(num_items, 1))))
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,7 +54,7 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunked(hidden: Tensor, item_emb: Tensor, targets: Tensor, coef: Tensor, *args):
+def _grad_in_forward(hidden: Tensor, item_emb: Tensor, targets: Tensor, coef: Tensor, *args):
     head, (_, label_smoothing) = head_options(args, 0), loss_options(args, HEAD_FIELDS)
     step, want_dh, want_de = args[HEAD_FIELDS + LOSS_FIELDS :]
     B, N = hidden.shape[0], item_emb.shape[0]
@@ -121,7 +121,7 @@ def item_grad(dv: Tensor, item_emb: Tensor, r: Tensor, head: HeadOptions) -> Ten
     return (dv - radial[:, None] * n) * r[:, None]
 
 
-def _chunked_fake(hidden, item_emb, targets, coef, *args):
+def _grad_in_forward_fake(hidden, item_emb, targets, coef, *args):
     want_dh, want_de = args[-2:]
     B, work = hidden.shape[0], _work_dtype(hidden.dtype)
     return (
@@ -134,11 +134,11 @@ def _chunked_fake(hidden, item_emb, targets, coef, *args):
     )
 
 
-normalized_ce_chunked = define_op(
-    "normalized_ce_chunked",
+normalized_ce_grad_in_forward = define_op(
+    "normalized_ce_grad_in_forward",
     "(Tensor hidden, Tensor item_emb, Tensor targets, Tensor coef, {head}, {loss}, int chunk_rows, "
     "bool grad_hidden, bool grad_items) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    _chunked, _chunked_fake,
+    _grad_in_forward, _grad_in_forward_fake,
 )
 
 
@@ -157,8 +157,8 @@ def _backward(ctx, grad_loss, grad_rows, grad_lse, grad_dh, grad_de):
     unused = [g for g in (grad_rows, grad_lse) if g is not None]
     if unused and not torch.compiler.is_compiling() and any(bool(g.any()) for g in unused):
         raise RuntimeError(
-            "impl='chunked' finishes the gradient in the forward for the reduced loss only; a gradient through "
-            "the per-row losses or the log-sum-exp needs impl='torch' (or 'triton')"
+            "impl='torch_grad_in_forward' finishes the gradient in the forward for the reduced loss only; a "
+            "gradient through the per-row losses or the log-sum-exp needs impl='torch' (or 'triton')"
         )
     if grad_loss is None:
         grad_loss = torch.zeros((), device=rows.device, dtype=rows.dtype)
@@ -168,5 +168,5 @@ def _backward(ctx, grad_loss, grad_rows, grad_lse, grad_dh, grad_de):
     return (grad_hidden, grad_items, None, grad_coef) + (None,) * (ctx.num_inputs - 4)
 
 
-torch.library.register_autograd("tfllmer_fast::normalized_ce_chunked", without_autocast(_backward),
+torch.library.register_autograd("tfllmer_fast::normalized_ce_grad_in_forward", without_autocast(_backward),
                                 setup_context=_setup_context)

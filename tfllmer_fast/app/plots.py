@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
+
+from . import files
 
 PANELS = (
     ("loss", "training loss", "linear"),
@@ -28,12 +29,7 @@ def load_run(run_dir, label: str | None = None) -> Run:
     path = Path(run_dir) / "epochs.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no epochs.jsonl (not a training run directory)")
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+    rows = files.read_json_lines(path)
     series = {key: ([], []) for key, _, _ in PANELS}
     histogram = None
     for row in rows:

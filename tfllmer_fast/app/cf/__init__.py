@@ -7,7 +7,8 @@ from .data import CFSplit, random_split
 from .evaluate import ranking_metrics
 from .losses import bpr_loss, positive_only_loss
 from .models import MF, LightGCN, build_cf_model
-from .train import CFConfig, CFTrainer, run_cf
+from ..config import CFConfig
+from .train import CFTrainer, run_cf
 
 __all__ = ["CFSplit", "random_split", "ranking_metrics", "bpr_loss", "positive_only_loss", "MF", "LightGCN",
            "build_cf_model", "CFConfig", "CFTrainer", "run_cf"]

@@ -1,91 +1,33 @@
-"""Training loop: Adam, early stopping on validation NDCG@10, checkpoints with
-exact resume, the best model restored for the test evaluation."""
+"""The sequential trainer: its settings (``TrainConfig``), the optimizer, one
+training step (``TrainStep``), the full-ranking evaluator, and an epoch of
+batches; early stopping, checkpoints and resume are ``loop.FitLoop``'s."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import target_rank
+from ..distributed import runtime, sharded_target_rank
+from ..timing import synchronize
+from . import files
 from .data import EvalSet, Split
-from .distributed import runtime
-from .distributed.sharded_ranking import sharded_target_rank
-from .limits import bounded, validate_fields
-from .longtail import LongTailSettings, head_mask, item_counts, split_metrics
+from .config import TrainConfig
+from .loop import FitLoop
+from .longtail import head_mask, item_counts, split_metrics
 from .metrics import exclusion_csr, metrics_from_ranks
 from .models import build_model
 from .models.base import PAD
 from .monitor import TableMonitor
-from .ops.ranking import target_rank
-from .optim import SAMSettings, optimizer_step, sharpness_aware
-from .options import DEFAULT_TEMPERATURE
-from .timing import synchronize
+from .optim import optimizer_step, sharpness_aware
 
-log = logging.getLogger(__name__)
-
-
-# A random item table learns at this multiple of the backbone's rate (measured
-# on Beauty and LastFM, README "Defaults").
-RANDOM_TABLE_LR_SCALE = 8.0
-
-
-@dataclass
-class TrainConfig(SAMSettings, LongTailSettings):
-    """Defaults follow the literature: hidden 64, max length 50, 2 blocks, batch
-    256 (S3-Rec / RecBole settings); Adam lr 1e-3 for the backbone; up to 100
-    epochs with patience 10 on validation NDCG@10.
-
-    ``item_lr`` is the item table's own Adam rate; None (the default) learns
-    a random table at ``RANDOM_TABLE_LR_SCALE`` x ``lr`` and fine-tunes one
-    initialized from features at ``lr``. The normalized head sees only the
-    direction of an item row, and Adam moves each coordinate by about the rate
-    per step whatever the row's length, so a unit row at the backbone's 1e-3
-    turns slowly and a random table loses its first epochs to it; a feature
-    table starts where it should be and drifts off at the larger rate on
-    dense data (README, "Defaults", has both measurements).
-    """
-
-    model: str = bounded("sasrec", choices=("sasrec", "gru4rec", "bert4rec"))
-    dim: int = bounded(64, 1)
-    max_len: int = bounded(50, 2)
-    batch_size: int = bounded(256, 1)
-    lr: float = bounded(1e-3, 0.0)
-    item_lr: float | None = bounded(None, 0.0)
-    weight_decay: float = bounded(0.0, 0.0)
-    epochs: int = bounded(100, 1)
-    patience: int = bounded(10, 1)
-    loss_on: str = bounded("all", choices=("all", "last"))
-    normalize: bool = True
-    temperature: float = bounded(DEFAULT_TEMPERATURE, 1e-6)
-    freeze_items: bool = False
-    seed: int = 42
-    device: str = "cpu"
-    amp: bool | None = None  # None: bf16 autocast on CUDA only
-    eval_batch_size: int = bounded(2048, 1)
-    exclude_history: bool = True
-    impl: str = bounded("auto", choices=("auto", "triton", "chunked", "torch"))
-    diagnostics_sample: int = bounded(256, 0)  # validation queries for per-epoch diagnostics; 0 turns them off
-    diagnostics_m: int = bounded(16, 2)  # effective-set size: the target and its m - 1 hardest negatives
-    model_options: dict = field(default_factory=dict)
-
-    def validate(self) -> TrainConfig:
-        validate_fields(self)
-        return self
-
-    def table_lr(self, from_features: bool) -> float:
-        """The item table's Adam rate: ``item_lr``, or its default for a table
-        initialized at random or from features."""
-        if self.item_lr is not None:
-            return self.item_lr
-        return self.lr if from_features else RANDOM_TABLE_LR_SCALE * self.lr
 
 
 class _Evaluator:
@@ -135,8 +77,8 @@ class _Evaluator:
             hidden, table = hidden.float(), table.float()
         if model.sharded:
             return sharded_target_rank(hidden, table, targets, shard_start=model.table_rows[0],
-                                       num_items=model.num_items + 1, exclude=exclude, **model.head.options._asdict())
-        return target_rank(hidden, table, targets, exclude=exclude, **model.head.options._asdict())
+                                       num_items=model.num_items + 1, options=model.head.options, exclude=exclude)
+        return target_rank(hidden, table, targets, options=model.head.options, exclude=exclude)
 
 
 def autocast(device, amp: bool | None = None):
@@ -209,16 +151,6 @@ def make_optimizer(model, config: TrainConfig, *, from_features: bool = False, i
                            item_counts=item_counts)
 
 
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Trainer:
     """Owns model, optimizer and the per-epoch state; ``fit`` runs to early stop."""
 
@@ -230,8 +162,8 @@ class Trainer:
         self.rank, self.world = runtime.rank_world()
         torch.manual_seed(config.seed)
         self.model = build_model(
-            config.model, split.num_items, dim=config.dim, max_len=config.max_len, normalize=config.normalize,
-            temperature=config.temperature, loss_on=config.loss_on, impl=config.impl, sharded=self.world > 1,
+            config.model, split.num_items, dim=config.dim, max_len=config.max_len, options=config.head_options,
+            loss_on=config.loss_on, impl=config.impl, sharded=self.world > 1,
             **config.model_options,
         ).to(config.device)
         if item_init is not None:
@@ -251,15 +183,19 @@ class Trainer:
         head = head_mask(counts, config.head_share)
         self.valid = _Evaluator(split.valid, config, head)
         self.test = _Evaluator(split.test, config, head)
-        self.epoch = 0
-        self.best = {"NDCG@10": -1.0, "epoch": 0, "state": None}
-        self.history: list[dict] = []
         # The diagnostics need the whole table: one process only.
         self.monitor = None
         if config.diagnostics_sample and self.world == 1:
             self.monitor = TableMonitor(split.valid, sample=config.diagnostics_sample, m=config.diagnostics_m,
                                         seed=config.seed, device=config.device,
                                         exclude_history=config.exclude_history)
+        self.loop = FitLoop(
+            self.model, self.optimizer, train_epoch=lambda epoch: self.train_epoch(),
+            validate=lambda: self.valid(self.model),
+            diagnostics=None if self.monitor is None else lambda: self.monitor(self.model),
+            epochs=config.epochs, patience=config.patience, out_dir=out_dir,
+            checkpoint_name=self._per_rank("checkpoint.pt"), writer=self.rank == 0, device=config.device,
+        )
 
     def train_epoch(self) -> dict:
         cfg = self.config
@@ -285,6 +221,25 @@ class Trainer:
         loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
         return {"loss": loss, "step_ms": 1e3 * seconds / max(len(losses), 1)}
 
+    @property
+    def epoch(self) -> int:
+        return self.loop.epoch
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+    @property
+    def best(self) -> dict:
+        return self.loop.best
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / self._per_rank("checkpoint.pt")
+
+    def load_checkpoint(self, path) -> None:
+        self.loop.load_checkpoint(path)
+
     def fit(self, info: dict | None = None) -> dict:
         """Train to early stop, restore the best model, evaluate on test; ``info``
         (dataset, features, ...) goes into the result and ``metrics.json``.
@@ -292,31 +247,15 @@ class Trainer:
         result says ``"interrupted": true``); the checkpoint keeps the last
         finished epoch, so ``--resume`` continues from there."""
         cfg = self.config
-        interrupted = False
-        if self.epoch == 0 and self.monitor is not None:
-            # Row 0: the table as initialized, before any training step.
-            self._write_epoch({"epoch": 0, "diagnostics": self.monitor(self.model, with_norm_histogram=True)})
-        try:
-            while self.epoch < cfg.epochs and self.epoch - self.best["epoch"] < cfg.patience:
-                self._run_epoch()
-        except KeyboardInterrupt:
-            # Long CPU runs get stopped by hand: the epochs finished so far still
-            # give a best model, so report its test metrics instead of nothing.
-            if self.best["state"] is None:
-                raise
-            interrupted = True
-            log.warning("interrupted during epoch %d: testing the best model (epoch %d)", self.epoch + 1,
-                        self.best["epoch"])
-        self.model.load_state_dict(self.best["state"])
+        # Row 0: the table as initialized, before any training step.
+        initial = None
+        if self.monitor is not None:
+            initial = {"diagnostics": self.monitor(self.model, with_norm_histogram=True)}
+        interrupted = self.loop.run(initial)
         result = {
-            "valid": self.history[self.best["epoch"] - 1]["valid"],
+            **self.loop.summary(),
             "test": self.test(self.model),
-            "best_epoch": self.best["epoch"],
-            "epochs_run": self.epoch,
             "interrupted": interrupted,
-            # Summed from the epoch rows so that a resumed run reports its whole cost
-            # (rows from checkpoints written before valid_s existed count training only).
-            "train_seconds": sum(row["train_s"] + row.get("valid_s", 0.0) for row in self.history),
             "split": {"protocol": self.split.protocol, **self.split.counts},
             "config": asdict(cfg),
             "item_lr": cfg.table_lr(self.from_features),  # the rate used when config.item_lr is None
@@ -324,8 +263,8 @@ class Trainer:
         }
         if self.out_dir:
             if self.rank == 0:
-                (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-            torch.save(self.model.state_dict(), self.out_dir / self._per_rank("best_model.pt"))
+                files.write_text(self.out_dir / "metrics.json", json.dumps(result, indent=2))
+            files.save_tensors(self.model.state_dict(), self.out_dir / self._per_rank("best_model.pt"))
         return result
 
     def _per_rank(self, name: str) -> str:
@@ -334,53 +273,3 @@ class Trainer:
             return name
         stem, suffix = name.rsplit(".", 1)
         return f"{stem}.rank{self.rank}-of-{self.world}.{suffix}"
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out_dir / self._per_rank("checkpoint.pt")
-
-    def _run_epoch(self) -> None:
-        tic = time.perf_counter()
-        row = self.train_epoch()
-        row["train_s"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        row["valid"] = self.valid(self.model)
-        row["valid_s"] = time.perf_counter() - tic
-        if self.monitor is not None:
-            row["diagnostics"] = self.monitor(self.model)
-        self.epoch += 1
-        row["epoch"] = self.epoch
-        self.history.append(row)
-        if self.rank == 0:
-            log.info("epoch %d loss %.4f valid NDCG@10 %.4f", self.epoch, row["loss"], row["valid"]["NDCG@10"])
-        if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
-            self.best = {"NDCG@10": row["valid"]["NDCG@10"], "epoch": self.epoch,
-                         "state": copy.deepcopy(self.model.state_dict())}
-        self._write_epoch(row)
-        self.save_checkpoint()
-
-    def _write_epoch(self, row):
-        if self.out_dir and self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "epochs.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def save_checkpoint(self) -> None:
-        if not self.out_dir:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-            "best": self.best, "history": self.history, "rng": _rng_state(),
-        }, self.checkpoint_path)
-
-    def load_checkpoint(self, path) -> None:
-        state = torch.load(path, map_location=self.config.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        groups = len(state["optimizer"]["param_groups"])
-        if groups != len(self.optimizer.param_groups):
-            raise ValueError(f"{path}: its optimizer has {groups} parameter group(s), this version {len(self.optimizer.param_groups)} "
-                             "(the item table has its own rate since 0.1.0's --item-lr): start a new run in another --out")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
-        _set_rng_state(state["rng"])

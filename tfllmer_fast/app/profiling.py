@@ -11,8 +11,9 @@ import torch
 
 from .data import read_interactions, split
 from .models import build_model
-from .timing import synchronize
-from .train import TrainConfig, TrainStep, make_optimizer
+from ..timing import synchronize
+from .config import TrainConfig
+from .train import TrainStep, make_optimizer
 
 PHASES = ("data",) + TrainStep.PHASES
 

@@ -10,9 +10,8 @@ import torch
 import torch.distributed
 from torch import Tensor, nn
 
-from ..distributed import ShardedNormalizedSoftmaxHead
-from ..head import NormalizedSoftmaxHead
-from ..options import DEFAULT_TEMPERATURE
+from ... import HeadOptions, NormalizedSoftmaxHead
+from ...distributed import ShardedNormalizedSoftmaxHead
 
 PAD = 0
 
@@ -48,9 +47,8 @@ class SequentialRecommender(nn.Module):
     ``make_batch`` (next-item targets by default) and ``prediction_input``.
     """
 
-    def __init__(self, num_items: int, dim: int, max_len: int, *, normalize: bool = True,
-                 temperature: float = DEFAULT_TEMPERATURE, loss_on: str = "all", impl: str = "auto",
-                 sharded: bool = False):
+    def __init__(self, num_items: int, dim: int, max_len: int, *, options: HeadOptions | None = None,
+                 loss_on: str = "all", impl: str = "auto", sharded: bool = False, **head_options):
         super().__init__()
         if loss_on not in ("all", "last"):
             raise ValueError(f"loss_on must be 'all' or 'last', got {loss_on!r}")
@@ -62,10 +60,7 @@ class SequentialRecommender(nn.Module):
         # parallelism); this rank holds rows [head.shard_start, head.shard_stop).
         self.sharded = sharded
         head_type = ShardedNormalizedSoftmaxHead if sharded else NormalizedSoftmaxHead
-        self.head = head_type(
-            num_items + 1, dim, temperature=temperature if normalize else 1.0,
-            normalize_items=normalize, padding_idx=PAD, impl=impl,
-        )
+        self.head = head_type(num_items + 1, dim, options=options, padding_idx=PAD, impl=impl, **head_options)
         # Unit-norm-sized rows, like the pca/recpca initializations below.
         if sharded:
             self.head.reset_parameters(std=1.0 / math.sqrt(dim))
@@ -148,7 +143,7 @@ class SequentialRecommender(nn.Module):
             count = torch.full((), targets.shape[0], device=targets.device, dtype=torch.int64)
             torch.distributed.all_reduce(count)
             return self.head(hidden, targets, reduction="sum") * (world / count.clamp_min(1))
-        return self.head(hidden, targets, weight=None if row_weight is None else row_weight(targets))
+        return self.head(hidden, targets, row_weight=None if row_weight is None else row_weight(targets))
 
     def prediction_input(self, histories) -> Tensor:
         return torch.from_numpy(left_pad(histories, self.max_len))

@@ -13,8 +13,8 @@ from .base import PAD, SequentialRecommender
 class SASRec(SequentialRecommender):
     """Defaults: 2 blocks and max length 50 as in the SASRec paper; 2 heads and
     hidden 64 as in RecBole's SASRec and the S3-Rec comparison; dropout 0.2 (the
-    SASRec paper used 0.5 on Amazon; here 0.2 trained Beauty 46 % better after 4
-    epochs and is what README's results use). Pre-LayerNorm blocks,
+    SASRec paper used 0.5 on Amazon; docs/defaults.md has the comparison).
+    Pre-LayerNorm blocks,
     learned positions, padding keys masked and padding positions zeroed after
     every block (the paper's timeline mask)."""
 

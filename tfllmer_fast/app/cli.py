@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .cf.train import DEFAULT_ALPHA, CFConfig
-from .config import DataConfig, ItemInitConfig, RunConfig
-from .distributed.runtime import init_from_env, rank_world, shutdown
+from .config import DEFAULT_ALPHA, RANDOM_TABLE_LR_SCALE, CFConfig, DataConfig, ItemInitConfig, RunConfig, TrainConfig
+from ..distributed.runtime import init_from_env, rank_world, shutdown
 from .limits import check_limit, describe_limit
-from .train import RANDOM_TABLE_LR_SCALE, TrainConfig
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 USAGE_EXIT = 2
@@ -135,8 +133,6 @@ def _train(args) -> int:
     config.train.device = init_from_env(config.train.device)  # under torchrun: join the process group
     _existing_file("--data", config.data.path)
     _existing_file("--features", config.items.features)
-    if config.items.init != "random" and config.items.features is None:
-        raise ValueError(f"--init {config.items.init} needs --features")
     rank = rank_world()[0]
     try:
         result = run(config, out_dir=args.out, resume=args.resume)

@@ -1,5 +1,5 @@
 """Per-epoch optimization diagnostics during training, on a fixed sample of
-validation queries (``tfllmer_fast.diagnostics`` does the math)."""
+validation queries (``tfllmer_fast.app.diagnostics`` does the math)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,7 @@ class TableMonitor:
         table = model.item_table.detach().float()[1:]  # row 0 is padding
         hidden = model.predict_hidden(self.histories, self.device).float()
         stats = dg.effective_stats(hidden, model.item_table.detach().float(), self.targets, m=self.m,
-                                   exclude=self.exclude, normalize_items=model.head.normalize_items,
-                                   temperature=model.head.temperature)
+                                   exclude=self.exclude, options=model.head.options)
         kappa = stats.kappa.double()
         out = {
             "norm_disparity": dg.norm_disparity(table),

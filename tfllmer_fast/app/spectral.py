@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph.array_module import like_input
-from .graph.bipartite import UserItemGraph
+from ..graph import UserItemGraph, like_input
 
 EPS = 1e-12  # F.normalize's: zero rows stay zero instead of becoming NaN
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from . import files
 from .config import RunConfig
 
 VARIANTS = {
@@ -57,7 +58,7 @@ def run_ablation(base: RunConfig, seeds, out_dir, *, betas=(), top_ks=(), data=N
             resume = any(run_dir.glob("checkpoint*.pt"))
             run(seeded, data=data, features=features, out_dir=run_dir, resume=resume)
     table = out_dir / "ablation.md"
-    table.write_text(summary_markdown(out_dir, list(configs), seeds))
+    files.write_text(table, summary_markdown(out_dir, list(configs), seeds))
     _plot(out_dir, list(configs), seeds)
     return table
 
@@ -75,7 +76,7 @@ def collect(out_dir, names, seeds) -> dict:
             if not (run_dir / "metrics.json").exists():
                 continue
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+            rows = files.read_json_lines(run_dir / "epochs.jsonl")
             diag = [r["diagnostics"] for r in rows if r.get("diagnostics")]
             metrics["initial"] = diag[0] if diag else {}
             metrics["final"] = diag[-1] if diag else {}

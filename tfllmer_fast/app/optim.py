@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import contextlib
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .limits import bounded
+from .config import SAM_MODES
 
 
 def item_radius_scales(counts, exponent: float) -> Tensor:
@@ -115,17 +114,7 @@ class ItemwiseSAM:
         return loss
 
 
-SAM_MODES = ("off", "sam", "itemwise")
 
-
-@dataclass
-class SAMSettings:
-    """The sharpness-aware settings a training configuration carries (both the
-    sequential ``TrainConfig`` and ``cf.CFConfig`` inherit them)."""
-
-    sam: str = bounded("off", choices=SAM_MODES)  # off, plain SAM, or item-wise SAM
-    sam_rho: float = bounded(0.05, 0.0)  # the perturbation's length
-    sam_exponent: float = bounded(0.5, 0.0)  # item-wise weights (training count + 1) ** -exponent
 
 
 def sharpness_aware(base: torch.optim.Optimizer, mode: str, *, rho: float, exponent: float, item_counts=None):

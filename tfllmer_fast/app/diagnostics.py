@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops.ranking import topk_scores
-from .options import DEFAULT_TEMPERATURE
+from .. import HeadOptions, topk_scores
+from ..options import resolve_head_options
 
 # Eigenvalues below this fraction of the largest count as zero (C has the
 # all-ones vector in its null space, so at most m - 1 are nonzero).
@@ -70,16 +70,21 @@ class EffectiveStats(NamedTuple):
     items: Tensor  # (B, m) the effective set, target first
 
 
-def effective_stats(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, m: int = 16, exclude=None,
-                    normalize_items: bool = True, temperature: float = DEFAULT_TEMPERATURE) -> EffectiveStats:
+def effective_stats(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, options: HeadOptions | None = None,
+                    m: int = 16, exclude=None, **head_options) -> EffectiveStats:
     """Per-query coherence and condition number over the effective set (see the
     module docstring). hidden (B, d), item_emb (N, d), targets (B,);
     ``exclude`` a CSR pair ``(indptr, items)`` of items that are not negatives
-    (the user's seen items). Plain torch equivalent of kappa for one row::
+    (the user's seen items); ``options`` (or its fields' keywords) score as
+    the head does. Plain torch equivalent of kappa for one row::
 
         S = [t] + top_(m-1) other items; E = rows of S (normalized); p = softmax(h @ E.T / T)
         lam = eigvalsh(E.T @ (diag(p) - outer(p, p)) @ E); kappa = lam[lam > 0].max() / lam[lam > 0].min()
     """
+    head = resolve_head_options(options, head_options)
+    temperature, normalize_items = head.temperature, head.normalize_items
+    if head.normalize_hidden:
+        hidden = F.normalize(hidden, dim=-1, eps=head.eps)
     if not 2 <= m <= item_emb.shape[0]:
         raise ValueError(f"m must lie in 2..N = {item_emb.shape[0]}, got {m}")
     B = hidden.shape[0]
@@ -97,13 +102,13 @@ def effective_stats(hidden: Tensor, item_emb: Tensor, targets: Tensor, *, m: int
         items = items[order]
         indptr = torch.cat([indptr.new_zeros(1), torch.bincount(rows, minlength=B).cumsum(0)])
     with torch.no_grad():
-        negatives = topk_scores(hidden.float(), item_emb.float(), m - 1, exclude=(indptr, items),
-                                normalize_items=normalize_items, temperature=temperature).indices
+        negatives = topk_scores(hidden.float(), item_emb.float(), m - 1, options=head,
+                                exclude=(indptr, items)).indices
         if bool((negatives < 0).any()):
             raise ValueError(f"some rows have fewer than m - 1 = {m - 1} candidate negatives after exclusion")
         sets = torch.cat([targets[:, None], negatives], dim=1)
         rows = item_emb.detach().double()[sets]  # (B, m, d)
-        unit = F.normalize(rows, dim=-1)
+        unit = F.normalize(rows, dim=-1, eps=head.eps)
         used = unit if normalize_items else rows
         logits = torch.einsum("bd,bmd->bm", hidden.detach().double(), used) / temperature
         p = torch.softmax(logits, dim=1)
