@@ -64,11 +64,12 @@ setup(
         "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "pandas", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "pandas", "matplotlib", "sentence-transformers",
+                 "transformers"],
         "plot": ["matplotlib"],
         "bench": ["pytest-benchmark", "cut-cross-entropy", "liger-kernel"],
         "gpu": ["cupy-cuda12x"],
-        "text": ["sentence-transformers"],
+        "text": ["sentence-transformers", "transformers"],
     },
     entry_points={"console_scripts": ["tfllmer-fast = tfllmer_fast.app.cli:main"]},
 )

@@ -69,24 +69,3 @@ def test_load_matrix(tmp_path):
         features.load_matrix(tmp_path / "f.npy", 3)
     with pytest.raises(ValueError, match="must be .npy or .pt"):
         features.load_matrix(tmp_path / "f.txt")
-
-
-class _CountingModel:
-    def __init__(self):
-        self.batches = []
-
-    def encode(self, texts):
-        self.batches.append(len(texts))
-        return np.array([[len(t), 1.0] for t in texts])
-
-
-def test_encode_texts_batches_and_caches(tmp_path):
-    model = _CountingModel()
-    cache = tmp_path / "emb.npy"
-    texts = ["<pad>"] + [f"item {i}" for i in range(1, 8)]
-    m = features.encode_texts(texts, model=model, batch_size=3, cache=cache)
-    assert model.batches == [3, 3, 1] and m.shape == (8, 2) and (m[0] == 0).all()
-    again = features.encode_texts(texts, model=_CountingModel(), cache=cache)
-    np.testing.assert_array_equal(again, m)
-    with pytest.raises(ValueError, match="no entry for item 2"):
-        features.encode_texts({1: "a", 3: "c"}, model=model)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_ALPHA, RANDOM_TABLE_LR_SCALE, CFConfig, DataConfig, ItemInitConfig, RunConfig, TrainConfig
 from ..distributed.runtime import init_from_env, rank_world, shutdown
+from .config import DEFAULT_ALPHA, RANDOM_TABLE_LR_SCALE, CFConfig, DataConfig, ItemInitConfig, RunConfig, TrainConfig
+from .embed import POOLINGS, EmbedConfig
 from .limits import check_limit, describe_limit
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,8 +123,9 @@ def run_config_from(args) -> RunConfig:
     train = TrainConfig(**{k: v for k, v in vars(args).items() if k in train_fields and k != "model_options"},
                         model_options={} if args.dropout is None else {"dropout": args.dropout})
     init = getattr(args, "init", "recpca")  # ablate sets each run's own
-    return RunConfig(DataConfig(args.path, args.split, args.k_core),
-                     ItemInitConfig(init, args.features, args.beta, args.top_k), train).validate()
+    return RunConfig(DataConfig(args.path, args.split, args.k_core, args.min_rating),
+                     ItemInitConfig(init, args.features, args.embed_model, args.template, args.beta, args.top_k),
+                     train).validate()
 
 
 def _train(args) -> int:
@@ -191,6 +193,24 @@ def _plot(args) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    import time
+
+    from .embed import embed_items
+
+    if args.multi_hot is None and not args.model:
+        raise ValueError("embed: --model is needed (or --multi-hot COLUMN for token columns)")
+    config = EmbedConfig(model=args.model or "", backend=args.backend, pooling=args.pooling, prompt=args.prompt,
+                         normalize=args.normalize, template=args.template, id_column=args.id_column,
+                         batch_size=args.batch_size, max_length=args.max_length, chunk_items=args.chunk_items,
+                         device=args.device, dtype=args.dtype)
+    tic = time.perf_counter()
+    manifest = embed_items(args.items, config, args.out, multi_hot_column=args.multi_hot)
+    print(f"{args.out}: {manifest['count']} items x {manifest['dims']} dims from {manifest['model']} in "
+          f"{time.perf_counter() - tic:.1f} s (manifest {Path(args.out).with_suffix('.json')})")
+    return 0
+
+
 def _bench_report(args) -> int:
     from .bench_report import report
 
@@ -212,10 +232,16 @@ def _add_run_options(parser, *, ablation: bool) -> None:
     _option(parser, "--data", DataConfig, "path", "S3-Rec .txt or RecBole .inter file", required=True)
     _option(parser, "--split", DataConfig, "split", "leave-one-out or chronological split")
     _option(parser, "--k-core", DataConfig, "k_core", "keep users and items with at least k interactions (0: all)")
+    _option(parser, "--min-rating", DataConfig, "min_rating", "RecBole .inter: keep interactions rated at least "
+            "this (default: keep all)", kind=float)
     if not ablation:
         _option(parser, "--init", ItemInitConfig, "init", "item table initialization")
-    _option(parser, "--features", ItemInitConfig, "features", ".npy/.pt matrix or item2attributes.json",
+    _option(parser, "--features", ItemInitConfig, "features", ".npy from tfllmer-fast embed (or any .npy/.pt in the "
+            "data's item order), item2attributes.json, or an item table with --embed-model",
             **({"required": True} if ablation else {}))
+    _option(parser, "--embed-model", ItemInitConfig, "embed_model",
+            "with an item table as --features: embed its texts with this model (as tfllmer-fast embed does)")
+    _option(parser, "--template", ItemInitConfig, "template", "with --embed-model: the item text template")
     _option(parser, "--beta", ItemInitConfig, "beta", "Rec-PCA graph filter strength")
     _option(parser, "--top-k", ItemInitConfig, "top_k", "neighbours per item in the co-occurrence graph")
     _option(parser, "--model", TrainConfig, "model", "sequential backbone")
@@ -331,6 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="runs.png", help="image file to write")
     plot.add_argument("--labels", nargs="+", help="one legend label per run (default: the directory names)")
     plot.set_defaults(func=_plot)
+
+    emb = sub.add_parser("embed", formatter_class=_Formatter,
+                         help="item embeddings from item text (sentence-transformers or transformers); writes "
+                              "OUT.npy and its manifest OUT.json")
+    emb.add_argument("--items", required=True, help="item table: RecBole .item, .csv / .tsv with a header, or .jsonl")
+    emb.add_argument("--out", required=True, help="embeddings .npy (the manifest goes beside it as .json)")
+    _option(emb, "--id-column", EmbedConfig, "id_column", "the item id column (default: item_id, else the first)")
+    _option(emb, "--template", EmbedConfig, "template",
+            "text per item over the columns, e.g. '{movie_title} ({release_year}). Genres: {class}' "
+            "(default: every column joined)")
+    emb.add_argument("--multi-hot", metavar="COLUMN", default=None,
+                     help="instead of text embeddings: the multi-hot rows of this space-separated token column")
+    _option(emb, "--model", EmbedConfig, "model", "model directory or name", default=None)
+    _option(emb, "--backend", EmbedConfig, "backend", "auto: sentence-transformers where the directory is one")
+    emb.add_argument("--pooling", choices=POOLINGS, default=None,
+                     help="transformers backend: mean, cls or last (the last real token, for decoders; "
+                          "default: mean)")
+    _option(emb, "--prompt", EmbedConfig, "prompt", "text put before every item text (an instruction)")
+    emb.add_argument("--normalize", action="store_true", help="L2-normalize the vectors (default: keep them raw)")
+    _option(emb, "--batch-size", EmbedConfig, "batch_size", "texts per forward pass")
+    _option(emb, "--max-length", EmbedConfig, "max_length", "tokens per text at most")
+    _option(emb, "--chunk-items", EmbedConfig, "chunk_items", "texts per saved chunk (a stopped run resumes)")
+    _option(emb, "--dtype", EmbedConfig, "dtype", "model dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    emb.add_argument("--device", default=_default_device(), help="torch device")
+    emb.set_defaults(func=_embed)
 
     rep = sub.add_parser("bench-report", formatter_class=_Formatter,
                          help="markdown tables from a pytest-benchmark JSON file")

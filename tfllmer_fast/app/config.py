@@ -185,6 +185,7 @@ class DataConfig:
     path: str | None = None  # None: data handed over in memory (the demo, tests)
     split: str = bounded("loo", choices=("loo", "time"))
     k_core: int = bounded(0, 0)
+    min_rating: float | None = None  # RecBole .inter with ratings: keep those >= it (None: keep all)
 
 
 INITS = ("random", "pca", "recpca")
@@ -203,7 +204,9 @@ class ItemInitConfig:
     """How the item table starts: random, PCA or Rec-PCA of item features."""
 
     init: str = bounded("random", choices=INITS)
-    features: str | None = None
+    features: str | None = None  # a matrix (.npy with its embed manifest, .pt), item2attributes.json, or an item table
+    embed_model: str | None = None  # with an item table as features: embed its texts with this model first
+    template: str | None = None  # the item table's text template (tfllmer-fast embed --template)
     beta: float = bounded(0.3, 0.0, 0.5)  # (I - beta L) stays positive semi-definite up to 0.5
     top_k: int = bounded(20, 1)
 

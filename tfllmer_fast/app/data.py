@@ -87,9 +87,11 @@ def read_s3rec(path) -> Interactions:
     return data
 
 
-def read_recbole_inter(path) -> Interactions:
+def read_recbole_inter(path, min_rating: float | None = None) -> Interactions:
     """RecBole atomic ``.inter`` file: tab-separated, header ``name:type``
-    columns (any order) with ``user_id``, ``item_id`` and optionally ``timestamp``."""
+    columns (any order) with ``user_id``, ``item_id`` and optionally
+    ``timestamp`` and ``rating``. Every interaction is kept, or with
+    ``min_rating`` those rated at least that (an explicit-feedback threshold)."""
     path = Path(path)
     with open(path) as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -99,6 +101,9 @@ def read_recbole_inter(path) -> Interactions:
                 raise ValueError(f"{path}:1: header has no {required} column (got {header})")
         u_col, i_col = names.index("user_id"), names.index("item_id")
         t_col = names.index("timestamp") if "timestamp" in names else None
+        r_col = names.index("rating") if "rating" in names else None
+        if min_rating is not None and r_col is None:
+            raise ValueError(f"--min-rating: {path} has no rating column (header {header})")
         users, items, times = [], [], []
         for lineno, line in enumerate(f, 2):
             if not line.strip():
@@ -106,6 +111,12 @@ def read_recbole_inter(path) -> Interactions:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != len(header):
                 raise ValueError(f"{path}:{lineno}: expected {len(header)} fields, got {len(parts)}")
+            if min_rating is not None:
+                try:
+                    if float(parts[r_col]) < min_rating:
+                        continue
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: rating {parts[r_col]!r} is not a number") from None
             users.append(parts[u_col])
             items.append(parts[i_col])
             if t_col is not None:
@@ -127,12 +138,16 @@ def from_dataframe(df, user_col: str = "user_id", item_col: str = "item_id", tim
     return _from_triples(df[user_col].to_numpy(), df[item_col].to_numpy(), times, "DataFrame")
 
 
-def read_interactions(path) -> Interactions:
+def read_interactions(path, min_rating: float | None = None) -> Interactions:
     """Dispatch on the file name: ``.inter`` (RecBole) or S3-Rec text."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"interaction file {path} does not exist")
-    return read_recbole_inter(path) if path.suffix == ".inter" else read_s3rec(path)
+    if path.suffix == ".inter":
+        return read_recbole_inter(path, min_rating)
+    if min_rating is not None:
+        raise ValueError(f"--min-rating: {path} is an S3-Rec file, which has no ratings")
+    return read_s3rec(path)
 
 
 def k_core(data: Interactions, k: int) -> Interactions:

@@ -1,4 +1,4 @@
-"""Item feature matrices: saved arrays, attribute files, and text embeddings.
+"""Item feature matrices: saved arrays and attribute files (text embeddings: ``embed``).
 
 Every loader returns a float32 (num_items + 1, D) NumPy array whose row 0 is
 the padding item (zeros), so row i belongs to item i as in the data files.
@@ -97,40 +97,3 @@ def attribute_matrix(path, num_items: int, *, tfidf: bool = False, missing: str 
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         matrix = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
     return _fill_missing(matrix, present, missing, str(path))
-
-
-def encode_texts(texts, *, model=None, model_name: str = "all-MiniLM-L6-v2", batch_size: int = 256,
-                 cache=None, device: str | None = None) -> np.ndarray:
-    """Sentence embeddings (len(texts), D) float32 of item texts, row 0 the padding.
-
-    ``texts``: a list whose entry i is item i's text (entry 0 is ignored), or a
-    dict item id -> text (missing items are an error). Encoded in batches with
-    sentence-transformers (``pip install tfllmer_fast[text]``) or any object
-    with ``encode(list[str]) -> array``; cached to ``cache`` (.npy) when given.
-    """
-    if cache is not None and Path(cache).exists():
-        return load_matrix(cache, None if isinstance(texts, dict) else len(texts) - 1)
-    if isinstance(texts, dict):
-        n = max(int(k) for k in texts)
-        missing = [i for i in range(1, n + 1) if i not in texts and str(i) not in texts]
-        if missing:
-            raise ValueError(f"texts has no entry for item {missing[0]} ({len(missing)} missing)")
-        texts = [""] + [texts.get(i, texts.get(str(i))) for i in range(1, n + 1)]
-    if model is None:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise RuntimeError(
-                "encode_texts needs sentence-transformers (pip install tfllmer_fast[text]) or a model object"
-            ) from exc
-        model = SentenceTransformer(model_name, device=device)
-    from tqdm.auto import tqdm
-
-    chunks = []
-    for start in tqdm(range(1, len(texts), batch_size), desc="encoding item texts", disable=len(texts) < 10 * batch_size):
-        chunks.append(np.asarray(model.encode(list(texts[start : start + batch_size])), dtype=np.float32))
-    body = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
-    matrix = np.concatenate([np.zeros((1, body.shape[1]), dtype=np.float32), body])
-    if cache is not None:
-        np.save(cache, matrix)
-    return matrix

@@ -35,6 +35,10 @@ def write_text(path, text: str) -> None:
     _replace_with(Path(path), text.encode())
 
 
+def write_bytes(path, data: bytes) -> None:
+    _replace_with(Path(path), data)
+
+
 def save_tensors(obj, path) -> None:
     """``torch.save`` of plain tensors, numbers, strings, lists and dicts, atomically."""
     buffer = io.BytesIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,34 @@ import torch.distributed as dist
 from . import data as data_mod
 from .config import RunConfig, load_saved, require_features
 from ..distributed import runtime
+from .embed import EmbedConfig, embed_items, load_aligned, manifest_path
 from .features import attribute_matrix, load_matrix
+from .item_text import is_item_table
 from ..graph import cooccurrence, pca, rec_pca
 from .train import Trainer
 
 log = logging.getLogger(__name__)
 
 
-def load_features(path, num_items: int, item_ids=None) -> np.ndarray:
-    """(num_items + 1, D) features from a ``.npy``/``.pt`` matrix or an
+def load_features(path, num_items: int, item_ids=None, *, embed_model: str | None = None,
+                  template: str | None = None, cache_dir=None) -> np.ndarray:
+    """(num_items + 1, D) features in the data's item order (row 0 padding):
+    a ``.npy`` written by ``tfllmer-fast embed`` (rows matched by the item ids
+    of its manifest), another ``.npy``/``.pt`` matrix already in that order, an
     ``item2attributes.json`` file (keyed by original item ids when the data was
-    remapped)."""
-    if Path(path).suffix == ".json":
+    remapped), or an item table whose texts ``embed_model`` encodes first
+    (cached in ``cache_dir``, resumable)."""
+    path = Path(path)
+    if is_item_table(path):
+        if embed_model is None:
+            raise ValueError(f"--features {path} is an item table: give --embed-model to embed its texts")
+        out = Path(cache_dir or tempfile.mkdtemp()) / "item_embeddings.npy"
+        embed_items(path, EmbedConfig(model=embed_model, template=template), out)
+        path = out
+    if path.suffix == ".json":
         return attribute_matrix(path, num_items, missing="zero", item_ids=item_ids)
+    if path.suffix == ".npy" and manifest_path(path).exists():
+        return load_aligned(path, item_ids, num_items)
     return load_matrix(path, num_items)
 
 
@@ -55,11 +71,13 @@ def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bo
     if resume:
         _check_resume(config, out_dir)
     if data is None:
-        data = data_mod.read_interactions(config.data.path)
+        data = data_mod.read_interactions(config.data.path, config.data.min_rating)
     if config.data.k_core > 1:
         data = data_mod.k_core(data, config.data.k_core)
     if features is None and config.items.features:
-        features = load_features(config.items.features, data.num_items, data.item_ids)
+        features = load_features(config.items.features, data.num_items, data.item_ids,
+                                 embed_model=config.items.embed_model, template=config.items.template,
+                                 cache_dir=out_dir)
     stats = data.stats()
     log.info("dataset: %s", stats)
     sp = data_mod.split(data, config.data.split)
