@@ -68,6 +68,16 @@ def test_feature_initializations(small, init):
     assert emb.shape == (61, 16) and (emb[0] == 0).all() and np.isfinite(emb).all()
 
 
+@pytest.mark.parametrize("init", ["pca", "recpca"])
+def test_features_narrower_than_the_table_fill_the_first_columns(small, init):
+    """19 genres for a 64-wide table: every component, the other columns zero."""
+    data, features = small
+    narrow = features[:, :5]
+    emb = item_embeddings(init, leave_one_out(data), narrow, 16)
+    assert emb.shape == (61, 16) and not emb[:, 5:].any()
+    np.testing.assert_array_equal(emb[:, :5], item_embeddings(init, leave_one_out(data), narrow, 5))
+
+
 def test_rec_pca_init_beats_random_on_planted_data(small):
     data, features = small
     scores = {}

@@ -44,20 +44,28 @@ def load_features(path, num_items: int, item_ids=None, *, embed_model: str | Non
 
 
 def item_embeddings(init: str, split, features, dim: int, *, beta: float = 0.3, top_k: int = 20):
-    """(num_items + 1, dim) initial item table (row 0 padding) or None for random."""
+    """(num_items + 1, dim) initial item table (row 0 padding) or None for random.
+    Features narrower than the table (19 genres for a 64-wide table) give all
+    their components, and the remaining columns start at zero (logged)."""
     require_features(init, features)
     if init == "random":
         return None
     body = features[1:]
+    k = min(dim, *body.shape)
+    if k < dim:
+        log.warning("init %s: the features give %d components for a %d-wide table; the other %d columns start "
+                    "at zero", init, k, dim, dim - k)
     if init == "pca":
-        emb = pca(body, dim)
+        emb = pca(body, k)
     else:
         graph = cooccurrence(split.train, split.num_items, top_k=top_k)
         if hasattr(graph, "get"):
             graph = graph.get()
-        emb = rec_pca(body, graph[1:, 1:], dim, beta=beta)
+        emb = rec_pca(body, graph[1:, 1:], k, beta=beta)
     emb = emb.get() if hasattr(emb, "get") else np.asarray(emb)
-    return np.concatenate([np.zeros((1, dim), dtype=np.float32), emb])
+    table = np.zeros((emb.shape[0] + 1, dim), dtype=np.float32)
+    table[1:, :k] = emb
+    return table
 
 
 def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bool = False) -> dict:
