@@ -249,7 +249,7 @@ class Trainer:
         cfg = self.config
         # Row 0: the table as initialized, before any training step.
         initial = None
-        if self.monitor is not None:
+        if self.monitor is not None and self.loop.epoch == 0:
             initial = {"diagnostics": self.monitor(self.model, with_norm_histogram=True)}
         interrupted = self.loop.run(initial)
         result = {
