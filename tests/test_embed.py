@@ -187,3 +187,16 @@ def test_train_embeds_an_item_table_in_one_go(tmp_path):
     manifest = json.loads((out / "item_embeddings.json").read_text())
     assert manifest["count"] == 80 and manifest["template"] == TEMPLATE
     assert json.loads((out / "metrics.json").read_text())["config"]["items"]["embed_model"] == str(MINILM)
+
+
+def test_a_resumed_run_with_another_chunking_starts_over(tmp_path):
+    items = _item_file(tmp_path, [(i, f"movie {i}", 1990, "Drama") for i in range(1, 11)])
+    out = tmp_path / "emb.npy"
+    with pytest.raises(KeyboardInterrupt):
+        embed_items(items, EmbedConfig(model="stand-in", chunk_items=3), out, encoder=_LengthEncoder(fail_after=2))
+    rest = _LengthEncoder()
+    embed_items(items, EmbedConfig(model="stand-in", chunk_items=4), out, encoder=rest)
+    assert rest.calls == 3  # every chunk of 4 encoded anew: the saved chunks of 3 start elsewhere
+    whole = tmp_path / "whole.npy"
+    embed_items(items, EmbedConfig(model="stand-in", chunk_items=4), whole, encoder=_LengthEncoder())
+    np.testing.assert_array_equal(np.load(out), np.load(whole))

@@ -17,11 +17,9 @@ import torch
 
 import tfllmer_fast as tf
 from tests.ops.dense_head import HeadCase, dense
+from tests.ops.property_runs import DEVICE
 from tfllmer_fast.ops import _checks
 from tfllmer_fast.options import HeadOptions
-
-# The fused path on the GPU where there is one, under the interpreter otherwise.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def on(*tensors):

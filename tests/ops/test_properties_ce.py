@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tfllmer_fast as tf
 from tests.ops.dense_head import (FP32_ROUNDOFF, LOGIT_ROUNDOFF, OPERAND_ROUNDOFF, HeadCase, dense, gradient_magnitudes, objective, row_errors,
                                   within)
 from tests.ops.layouts import MATRIX_LAYOUTS, VECTOR_LAYOUTS, place
+from tests.ops.property_runs import DEVICE, SETTINGS
 from tfllmer_fast.kernels import config
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
-                database=None)
-# The fused path on the GPU where there is one, under the interpreter otherwise.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @st.composite

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.ops.layouts import MATRIX_LAYOUTS, VECTOR_LAYOUTS, place
+from tests.ops.property_runs import DEVICE, SETTINGS
 from tfllmer_fast.kernels import config
 from tfllmer_fast.ops.ranking import target_rank, topk_scores
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
 # A score's error against fp64 on the rounded operands, relative to sum_k |h_k e_k| r:
 # 3-pass TF32 products and an fp32 sum of up to 128 terms.
 SCORE_ROUNDOFF = 2.0**-18
-# The fused path on the GPU where there is one, under the interpreter otherwise.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @st.composite

@@ -200,10 +200,9 @@ def _embed(args) -> int:
 
     if args.multi_hot is None and not args.model:
         raise ValueError("embed: --model is needed (or --multi-hot COLUMN for token columns)")
-    config = EmbedConfig(model=args.model or "", backend=args.backend, pooling=args.pooling, prompt=args.prompt,
-                         normalize=args.normalize, template=args.template, id_column=args.id_column,
-                         batch_size=args.batch_size, max_length=args.max_length, chunk_items=args.chunk_items,
-                         device=args.device, dtype=args.dtype)
+    # Every option's dest is its EmbedConfig field.
+    config = EmbedConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedConfig)})
+    config.model = config.model or ""
     tic = time.perf_counter()
     manifest = embed_items(args.items, config, args.out, multi_hot_column=args.multi_hot)
     print(f"{args.out}: {manifest['count']} items x {manifest['dims']} dims from {manifest['model']} in "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ import numpy as np
 from . import files
 from .item_text import multi_hot, read_item_table, render_texts
 from .limits import bounded, validate_fields
-
-log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls", "last")
 BACKENDS = ("auto", "sentence-transformers", "transformers")
@@ -217,7 +214,6 @@ def embed_items(items, config: EmbedConfig, out, *, encoder=None, multi_hot_colu
     _save_npy(out, matrix.astype(np.float32, copy=False))
     files.write_text(manifest_path(out), json.dumps(manifest, indent=1))
     shutil.rmtree(out.with_suffix(".parts"), ignore_errors=True)
-    log.info("%s: %d items x %d dims (%s)", out, matrix.shape[0], matrix.shape[1], manifest["model"])
     return manifest
 
 
@@ -227,7 +223,8 @@ def _encode_in_chunks(texts, settings, digest, config, out: Path, encoder) -> np
     from tqdm.auto import tqdm
 
     parts = out.with_suffix(".parts")
-    key = hashlib.sha256(json.dumps([settings, digest]).encode()).hexdigest()
+    # The chunking is part of the key: a chunk file is named by where it starts.
+    key = hashlib.sha256(json.dumps([settings, digest, config.chunk_items]).encode()).hexdigest()
     stamp = parts / "key.txt"
     if parts.exists() and (not stamp.exists() or stamp.read_text() != key):
         shutil.rmtree(parts)  # chunks of other texts or settings: start over

@@ -21,6 +21,14 @@ class DamagedFileError(ValueError):
     """A run file that cannot be read; the message names it and what to do."""
 
 
+def per_rank(name: str, rank: int, world: int) -> str:
+    """A run file's name for one process of ``world`` (each holds its own shard of the table)."""
+    if world == 1:
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}.rank{rank}-of-{world}.{suffix}"
+
+
 def _replace_with(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

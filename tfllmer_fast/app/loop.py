@@ -53,8 +53,12 @@ class FitLoop:
         self.checkpoint_name, self.writer, self.device = checkpoint_name, writer, device
         self.epoch = 0
         self.best = {"NDCG@10": -1.0, "epoch": 0, "state": None}
-        self.history: list[dict] = []  # one row per epoch trained
-        self.log_rows: list[dict] = []  # what epochs.jsonl holds: history plus the epoch-0 row
+        self.log_rows: list[dict] = []  # what epochs.jsonl holds: an epoch-0 row, then one per epoch trained
+
+    @property
+    def history(self) -> list[dict]:
+        """One row per epoch trained (the log without its epoch-0 row)."""
+        return [row for row in self.log_rows if row["epoch"] > 0]
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -88,12 +92,18 @@ class FitLoop:
     def summary(self) -> dict:
         """The best epoch's validation metrics and the run's cost, summed over
         the epoch rows so that a resumed run reports all of it."""
+        history = self.history
         return {
-            "valid": self.history[self.best["epoch"] - 1]["valid"],
+            "valid": history[self.best["epoch"] - 1]["valid"],
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
-            "train_seconds": sum(row["train_s"] + row.get("valid_s", 0.0) for row in self.history),
+            "train_seconds": sum(row["train_s"] + row.get("valid_s", 0.0) for row in history),
         }
+
+    def write_result(self, result: dict) -> None:
+        """``metrics.json``: the run's result, written by the writing process."""
+        if self.out_dir and self.writer:
+            files.write_text(self.out_dir / "metrics.json", json.dumps(result, indent=2))
 
     def _run_epoch(self) -> None:
         tic = time.perf_counter()
@@ -112,7 +122,6 @@ class FitLoop:
             if row["valid"]["NDCG@10"] > self.best["NDCG@10"]:
                 self.best = {"NDCG@10": row["valid"]["NDCG@10"], "epoch": self.epoch,
                              "state": copy.deepcopy(self.model.state_dict())}
-        self.history.append(row)
         self._log(row)
         self.save_checkpoint()
 
@@ -149,7 +158,6 @@ class FitLoop:
         self.epoch = state["epoch"]
         self.best = {"NDCG@10": state["best_ndcg"], "epoch": state["best_epoch"], "state": state["best_state"]}
         self.log_rows = json.loads(state["log_json"])
-        self.history = [row for row in self.log_rows if row["epoch"] > 0]
         _set_rng_state(state["rng"])
         if self.out_dir and self.writer:
             files.write_json_lines(self.out_dir / "epochs.jsonl", self.log_rows)

@@ -10,6 +10,7 @@ import numpy as np
 import torch.distributed as dist
 
 from . import data as data_mod
+from . import files
 from .config import RunConfig, load_saved, require_features
 from ..distributed import runtime
 from .embed import EmbedConfig, embed_items, load_aligned, manifest_path
@@ -34,7 +35,8 @@ def load_features(path, num_items: int, item_ids=None, *, embed_model: str | Non
         if embed_model is None:
             raise ValueError(f"--features {path} is an item table: give --embed-model to embed its texts")
         out = Path(cache_dir or tempfile.mkdtemp()) / "item_embeddings.npy"
-        embed_items(path, EmbedConfig(model=embed_model, template=template), out)
+        manifest = embed_items(path, EmbedConfig(model=embed_model, template=template), out)
+        log.info("%s: %d items x %d dims from %s", out, manifest["count"], manifest["dims"], manifest["model"])
         path = out
     if path.suffix == ".json":
         return attribute_matrix(path, num_items, missing="zero", item_ids=item_ids)
@@ -109,7 +111,7 @@ def run(config: RunConfig, *, data=None, features=None, out_dir=None, resume: bo
 
 def _check_resume(config: RunConfig, out_dir) -> None:
     rank, world = runtime.rank_world()
-    name = "checkpoint.pt" if world == 1 else f"checkpoint.rank{rank}-of-{world}.pt"
+    name = files.per_rank("checkpoint.pt", rank, world)
     ckpt = Path(out_dir or ".") / name
     if not out_dir or not ckpt.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (a run resumes with the number of processes "

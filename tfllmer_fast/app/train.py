@@ -5,7 +5,6 @@ batches; early stopping, checkpoints and resume are ``loop.FitLoop``'s."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -235,7 +234,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / self._per_rank("checkpoint.pt")
+        return self.loop.checkpoint_path
 
     def load_checkpoint(self, path) -> None:
         self.loop.load_checkpoint(path)
@@ -261,15 +260,10 @@ class Trainer:
             "item_lr": cfg.table_lr(self.from_features),  # the rate used when config.item_lr is None
             **(info or {}),
         }
+        self.loop.write_result(result)
         if self.out_dir:
-            if self.rank == 0:
-                files.write_text(self.out_dir / "metrics.json", json.dumps(result, indent=2))
             files.save_tensors(self.model.state_dict(), self.out_dir / self._per_rank("best_model.pt"))
         return result
 
     def _per_rank(self, name: str) -> str:
-        """One file per rank in a distributed run (each holds its own shard)."""
-        if self.world == 1:
-            return name
-        stem, suffix = name.rsplit(".", 1)
-        return f"{stem}.rank{self.rank}-of-{self.world}.{suffix}"
+        return files.per_rank(name, self.rank, self.world)

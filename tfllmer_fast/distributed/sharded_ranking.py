@@ -122,11 +122,7 @@ def sharded_topk_scores(hidden: Tensor, item_shard: Tensor, k: int, *, shard_sta
     B = h_all.shape[0]
     with torch.no_grad():
         if n_local:
-            local = ex_items - shard_start
-            keep = (local >= 0) & (local < n_local)
-            row_of = torch.repeat_interleave(torch.arange(B, device=hidden.device), indptr.diff())
-            counts = torch.bincount(row_of[keep], minlength=B)
-            local_exclude = (torch.cat([counts.new_zeros(1), counts.cumsum(0)]), local[keep])
+            local_exclude = _local_exclusions(indptr, ex_items, shard_start, n_local, B)
             top = topk_scores(h_all, item_shard, min(int(k), n_local), options=head, exclude=local_exclude,
                               impl=impl)
             values = top.values

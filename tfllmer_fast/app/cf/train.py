@@ -5,15 +5,12 @@ files are ``loop.FitLoop``'s, as for the sequential trainer."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import diagnostics as dg
-from .. import files
 from ..config import CFConfig
 from ...graph import UserItemGraph, cupy_available, sparse_to_backend
 from ..loop import FitLoop
@@ -30,7 +27,6 @@ class CFTrainer:
     def __init__(self, split: CFSplit, config: CFConfig, *, out_dir=None):
         self.config = config.validate()
         self.split = split
-        self.out_dir = Path(out_dir) if out_dir else None
         torch.manual_seed(config.seed)
         matrix = split.matrix()
         self.model = build_cf_model(config.model, split.num_users, split.num_items, dim=config.dim,
@@ -118,8 +114,7 @@ class CFTrainer:
             **self.loop.summary(), "test": self.evaluate("test"), "interrupted": interrupted,
             "split": self.split.counts, "config": asdict(cfg), "alpha": cfg.balance_step, **(info or {}),
         }
-        if self.out_dir:
-            files.write_text(self.out_dir / "metrics.json", json.dumps(result, indent=2))
+        self.loop.write_result(result)
         return result
 
 
