@@ -31,7 +31,7 @@ from ..ops.ranking import TopK, topk_scores
 from ..options import HeadOptions, resolve_head_options
 from ._common import PLAIN_CE, exclusions_from_pairs, require
 
-_INSTALL = "pip install 'replay-rec[torch]==0.22.0'"
+_INSTALL = "pip install 'replay-rec[torch]==0.22.0' 'numpy<2.5' 'pandas<3' 'pyarrow<24'"
 require("replay", _INSTALL)
 require("lightning", _INSTALL)
 
