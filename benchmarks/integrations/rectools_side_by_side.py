@@ -46,21 +46,6 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def s3rec_interactions(path: Path):
-    """``user item item ...`` lines as RecTools interactions; the datetime is the position."""
-    import pandas as pd
-    from rectools import Columns
-
-    users, items, positions = [], [], []
-    for line in path.read_text().splitlines():
-        user, *seq = line.split()
-        users += [int(user)] * len(seq)
-        items += [int(i) for i in seq]
-        positions += range(len(seq))
-    return pd.DataFrame({Columns.User: users, Columns.Item: items, Columns.Weight: 1.0,
-                         Columns.Datetime: pd.to_datetime(positions, unit="s")})
-
-
 def _last_per_user(df):
     from rectools import Columns
 
@@ -77,7 +62,7 @@ def beauty_worker(args) -> dict:
     from rectools.models import SASRecModel
 
     from tfllmer_fast import HeadOptions
-    from tfllmer_fast.integrations.rectools import FusedSASRecModel
+    from tfllmer_fast.integrations.rectools import FusedSASRecModel, s3rec_interactions
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

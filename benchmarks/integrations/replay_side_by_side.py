@@ -54,14 +54,13 @@ def peak_rss_bytes() -> int:
 
 def prepare_beauty(source: Path, out: Path, max_len: int) -> dict:
     """Parquet splits for RePlay's ParquetModule, made with RePlay's own tools."""
-    import pandas as pd
     from replay.data.nn.utils import groupby_sequences
     from replay.preprocessing import LabelEncoder, LabelEncodingRule
     from replay.splitters import LastNSplitter
 
-    rows = [(int(u), int(i), t) for line in source.read_text().splitlines() if line.strip()
-            for u, *items in [line.split()] for t, i in enumerate(items)]
-    events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    from tfllmer_fast.integrations.replay import s3rec_events
+
+    events = s3rec_events(source)
     encoder = LabelEncoder([LabelEncodingRule("user_id"), LabelEncodingRule("item_id")]).fit(events)
     events = encoder.transform(events)
     splitter = LastNSplitter(N=1, divide_column="user_id", query_column="user_id", strategy="interactions")

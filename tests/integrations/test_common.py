@@ -38,3 +38,16 @@ def test_package_imports_no_client():
             "print([m for m in ('recbole', 'rectools', 'replay', 'lightning', 'pytorch_lightning') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_read_s3rec_lines(tmp_path):
+    from tfllmer_fast.integrations._common import read_s3rec
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("1 5 7 5\n\n2 9\n")
+    users, items, positions = read_s3rec(path)
+    assert users.tolist() == [1, 1, 1, 2]
+    assert items.tolist() == [5, 7, 5, 9]
+    assert positions.tolist() == [0, 1, 2, 0]
+    with pytest.raises(FileNotFoundError, match="path"):
+        read_s3rec(tmp_path / "missing.txt")

@@ -7,7 +7,6 @@ trains with it and evaluates without the dense catalog scores."""
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -40,18 +39,6 @@ pytestmark = [
 ]
 
 
-def s3rec_interactions(path: Path) -> pd.DataFrame:
-    """``user item item ...`` lines as RecTools interactions; the datetime is the position."""
-    users, items, positions = [], [], []
-    for line in path.read_text().splitlines():
-        user, *seq = line.split()
-        users += [int(user)] * len(seq)
-        items += [int(i) for i in seq]
-        positions += range(len(seq))
-    return pd.DataFrame({Columns.User: users, Columns.Item: items, Columns.Weight: 1.0,
-                         Columns.Datetime: pd.to_datetime(positions, unit="s")})
-
-
 def trainer_with(callbacks=(), epochs=2):
     return Trainer(max_epochs=epochs, min_epochs=epochs, deterministic=True, enable_progress_bar=False,
                    enable_model_summary=False, logger=False, enable_checkpointing=False, devices=1,
@@ -71,7 +58,7 @@ class EpochLosses(Callback):
 @pytest.fixture(scope="module")
 def split():
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    df = s3rec_interactions(LASTFM)
+    df = fr.s3rec_interactions(LASTFM)
     train_ids, test_ids, _ = next(iter(LastNSplitter(n=1, n_splits=1, filter_already_seen=False).split(
         Interactions(df), collect_fold_stats=False)))
     train, test = df.iloc[train_ids], df.iloc[test_ids]

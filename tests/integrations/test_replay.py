@@ -20,7 +20,6 @@ from tests.integrations.client import import_client
 import_client("replay")
 lightning = pytest.importorskip("lightning")
 
-import pandas as pd  # noqa: E402
 from replay.data import FeatureHint, FeatureSource, FeatureType  # noqa: E402
 from replay.data.nn import ParquetModule, TensorFeatureInfo, TensorFeatureSource, TensorSchema  # noqa: E402
 from replay.data.nn.utils import groupby_sequences  # noqa: E402
@@ -57,9 +56,7 @@ def lastfm(tmp_path_factory):
     if not path.exists():
         pytest.skip(f"{path} not present")
     torch.set_num_threads(2)
-    rows = [(int(u), int(i), t) for line in path.read_text().splitlines() if line.strip()
-            for u, *items in [line.split()] for t, i in enumerate(items)]
-    events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    events = adapter.s3rec_events(path)
     encoder = LabelEncoder([LabelEncodingRule("user_id"), LabelEncodingRule("item_id")]).fit(events)
     events = encoder.transform(events)
     splitter = LastNSplitter(N=1, divide_column="user_id", query_column="user_id", strategy="interactions")

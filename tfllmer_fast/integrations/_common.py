@@ -1,11 +1,14 @@
 """What the client adapters share: importing the client with a usable error,
-the default head options, and seen-item lists in the CSR form the ranking
-ops take."""
+the default head options, seen-item lists in the CSR form the ranking ops
+take, and reading S3-Rec interaction files."""
 
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,3 +50,22 @@ def exclusions_from_scipy_csr(matrix, rows=None, device=None) -> tuple[Tensor, T
     indptr = torch.from_numpy(matrix.indptr.astype("int64"))
     items = torch.from_numpy(matrix.indices.astype("int64"))
     return indptr.to(device), items.to(device)
+
+
+def read_s3rec(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An S3-Rec file (one line per user: ``user item item ...``, items in time
+    order) as three (M,) int64 arrays: the user, the item and the item's
+    position in its user's line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {str(path)!r} is not a file")
+    users, items, positions = [], [], []
+    for line in path.read_text().splitlines():
+        user, *seq = line.split() or [None]
+        if user is None:
+            continue
+        users += [int(user)] * len(seq)
+        items += [int(i) for i in seq]
+        positions += range(len(seq))
+    return (np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
+            np.asarray(positions, dtype=np.int64))

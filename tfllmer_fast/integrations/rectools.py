@@ -31,13 +31,14 @@ import typing as tp
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
 from ..ops.normalized_ce import normalized_softmax_ce
 from ..ops.ranking import topk_scores
 from ..options import HeadOptions
-from ._common import PLAIN_CE, exclusions_from_scipy_csr, require
+from ._common import PLAIN_CE, exclusions_from_scipy_csr, read_s3rec, require
 
 INSTALL = 'pip install "rectools[torch]==0.19.0" "numpy<2" "attrs<24" "pandas<3"'
 
@@ -47,6 +48,7 @@ _backbone = require("rectools.models.nn.transformers.torch_backbone", INSTALL)
 _sasrec = require("rectools.models.nn.transformers.sasrec", INSTALL)
 _bert4rec = require("rectools.models.nn.transformers.bert4rec", INSTALL)
 Distance = require("rectools.models.rank", INSTALL).Distance
+Columns = require("rectools", INSTALL).Columns
 
 FUSED_LOSS = "fused_softmax"
 """The ``loss=`` name that routes a ``FusedLightningModule`` to the fused head."""
@@ -59,6 +61,7 @@ __all__ = [
     "fused_softmax_loss",
     "head_options_from",
     "rank_u2i",
+    "s3rec_interactions",
 ]
 
 
@@ -78,6 +81,16 @@ def head_options_from(value: tp.Any, name: str = "head_options") -> HeadOptions:
     except TypeError as err:
         raise TypeError(f"{name} must hold HeadOptions fields {HeadOptions._fields}: {err}") from err
     raise TypeError(f"{name} must be a HeadOptions (or a dict of its fields), got {type(value).__name__}")
+
+
+def s3rec_interactions(path) -> pd.DataFrame:
+    """An S3-Rec file (``user item item ...`` per line, in time order) as the
+    interactions frame ``rectools.dataset.Dataset.construct`` takes: columns
+    ``Columns.User``, ``Columns.Item``, ``Columns.Weight`` (1.0) and
+    ``Columns.Datetime`` (the position in the line, as seconds)."""
+    users, items, positions = read_s3rec(path)
+    return pd.DataFrame({Columns.User: users, Columns.Item: items, Columns.Weight: 1.0,
+                         Columns.Datetime: pd.to_datetime(positions, unit="s")})
 
 
 def fused_softmax_loss(hidden: Tensor, item_embs: Tensor, y: Tensor, w: Tensor, *,

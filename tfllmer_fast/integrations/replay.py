@@ -23,13 +23,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from ..ops import normalized_softmax_ce
 from ..ops.ranking import TopK, topk_scores
 from ..options import HeadOptions, resolve_head_options
-from ._common import PLAIN_CE, exclusions_from_pairs, require
+from ._common import PLAIN_CE, exclusions_from_pairs, read_s3rec, require
 
 _INSTALL = "pip install 'replay-rec[torch]==0.22.0' 'numpy<2.5' 'pandas<3' 'pyarrow<24'"
 require("replay", _INSTALL)
@@ -52,10 +53,19 @@ __all__ = [
     "FusedTorchTopItemsCallback",
     "fused_top_k",
     "item_table",
+    "s3rec_events",
     "use_fused_ce",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def s3rec_events(path) -> pd.DataFrame:
+    """An S3-Rec file (``user item item ...`` per line, in time order) as a
+    pandas events frame for RePlay's preprocessing: ``user_id``, ``item_id``
+    and ``timestamp`` (the position in the line), int64."""
+    users, items, positions = read_s3rec(path)
+    return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": positions})
 
 
 def item_table(model: torch.nn.Module) -> Tensor:
