@@ -54,32 +54,11 @@ def peak_rss_bytes() -> int:
 
 def prepare_beauty(source: Path, out: Path, max_len: int) -> dict:
     """Parquet splits for RePlay's ParquetModule, made with RePlay's own tools."""
-    from replay.data.nn.utils import groupby_sequences
-    from replay.preprocessing import LabelEncoder, LabelEncodingRule
-    from replay.splitters import LastNSplitter
+    from tfllmer_fast.integrations.replay import s3rec_leave_one_out_parquet
 
-    from tfllmer_fast.integrations.replay import s3rec_events
-
-    events = s3rec_events(source)
-    encoder = LabelEncoder([LabelEncodingRule("user_id"), LabelEncodingRule("item_id")]).fit(events)
-    events = encoder.transform(events)
-    splitter = LastNSplitter(N=1, divide_column="user_id", query_column="user_id", strategy="interactions")
-    test_events, test_gt = splitter.split(events)
-    train_events, val_gt = splitter.split(test_events)
-
-    def sequences(frame, gt=None):
-        seqs = groupby_sequences(frame, groupby_col="user_id", sort_col="timestamp")[["user_id", "item_id"]]
-        if gt is not None:
-            gt = groupby_sequences(gt, groupby_col="user_id", sort_col="timestamp")
-            seqs = seqs.merge(gt[["user_id", "item_id"]].rename(columns={"item_id": "ground_truth"}), on="user_id")
-        return seqs
-
-    out.mkdir(parents=True, exist_ok=True)
-    sequences(train_events).to_parquet(out / "train.parquet")
-    sequences(train_events, val_gt).to_parquet(out / "val.parquet")
-    sequences(test_events, test_gt).to_parquet(out / "test.parquet")
-    return {"dir": str(out), "num_items": len(encoder.mapping["item_id"]), "num_users": int(events.user_id.nunique()),
-            "interactions": len(events), "max_len": max_len}
+    splits = s3rec_leave_one_out_parquet(source, out)
+    return {"dir": str(splits.dir), "num_items": splits.num_items, "num_users": splits.num_users,
+            "interactions": splits.interactions, "max_len": max_len}
 
 
 def _schema(num_items: int, dim: int):

@@ -22,7 +22,6 @@ lightning = pytest.importorskip("lightning")
 
 from replay.data import FeatureHint, FeatureSource, FeatureType  # noqa: E402
 from replay.data.nn import ParquetModule, TensorFeatureInfo, TensorFeatureSource, TensorSchema  # noqa: E402
-from replay.data.nn.utils import groupby_sequences  # noqa: E402
 from replay.metrics import NDCG, HitRate, OfflineMetrics  # noqa: E402
 from replay.nn.lightning import LightningModule  # noqa: E402
 from replay.nn.lightning.callback import ComputeMetricsCallback, PandasTopItemsCallback  # noqa: E402
@@ -31,8 +30,6 @@ from replay.nn.loss import CE, CESampled  # noqa: E402
 from replay.nn.sequential import SasRec  # noqa: E402
 from replay.nn.transform import CopyTransform, GroupTransform, RenameTransform  # noqa: E402
 from replay.nn.transform.template import make_default_sasrec_transforms  # noqa: E402
-from replay.preprocessing import LabelEncoder, LabelEncodingRule  # noqa: E402
-from replay.splitters import LastNSplitter  # noqa: E402
 
 from tfllmer_fast import HeadOptions  # noqa: E402
 from tfllmer_fast.integrations import replay as adapter  # noqa: E402
@@ -56,25 +53,8 @@ def lastfm(tmp_path_factory):
     if not path.exists():
         pytest.skip(f"{path} not present")
     torch.set_num_threads(2)
-    events = adapter.s3rec_events(path)
-    encoder = LabelEncoder([LabelEncodingRule("user_id"), LabelEncodingRule("item_id")]).fit(events)
-    events = encoder.transform(events)
-    splitter = LastNSplitter(N=1, divide_column="user_id", query_column="user_id", strategy="interactions")
-    test_events, test_gt = splitter.split(events)
-    train_events, val_gt = splitter.split(test_events)
-    out = tmp_path_factory.mktemp("replay_lastfm")
-
-    def sequences(frame, gt=None):
-        seqs = groupby_sequences(frame, groupby_col="user_id", sort_col="timestamp")[["user_id", "item_id"]]
-        if gt is not None:
-            gt = groupby_sequences(gt, groupby_col="user_id", sort_col="timestamp")
-            seqs = seqs.merge(gt[["user_id", "item_id"]].rename(columns={"item_id": "ground_truth"}), on="user_id")
-        return seqs
-
-    sequences(train_events).to_parquet(out / "train.parquet")
-    sequences(train_events, val_gt).to_parquet(out / "val.parquet")
-    sequences(test_events, test_gt).to_parquet(out / "test.parquet")
-    num_items = len(encoder.mapping["item_id"])
+    splits = adapter.s3rec_leave_one_out_parquet(path, tmp_path_factory.mktemp("replay_lastfm"))
+    out, num_items, test_gt = splits.dir, splits.num_items, splits.test_ground_truth
     schema = TensorSchema([TensorFeatureInfo(
         name="item_id", is_seq=True, padding_value=num_items, cardinality=num_items, embedding_dim=DIM,
         feature_type=FeatureType.CATEGORICAL, feature_hint=FeatureHint.ITEM_ID,

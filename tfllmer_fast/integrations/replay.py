@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -51,9 +53,11 @@ __all__ = [
     "FusedLightningModule",
     "FusedPandasTopItemsCallback",
     "FusedTorchTopItemsCallback",
+    "ParquetSplits",
     "fused_top_k",
     "item_table",
     "s3rec_events",
+    "s3rec_leave_one_out_parquet",
     "use_fused_ce",
 ]
 
@@ -66,6 +70,49 @@ def s3rec_events(path) -> pd.DataFrame:
     and ``timestamp`` (the position in the line), int64."""
     users, items, positions = read_s3rec(path)
     return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": positions})
+
+
+class ParquetSplits(NamedTuple):
+    """Leave-one-out splits written for RePlay's ``ParquetModule``: ``dir`` holds
+    ``train.parquet``, ``val.parquet`` and ``test.parquet``; ids are encoded to
+    0..num_items-1; ``test_ground_truth`` is the held-out test events frame."""
+
+    dir: Path
+    num_items: int
+    num_users: int
+    interactions: int
+    test_ground_truth: pd.DataFrame
+
+
+def s3rec_leave_one_out_parquet(source, out) -> ParquetSplits:
+    """An S3-Rec file through RePlay's own tools (``LabelEncoder``,
+    ``LastNSplitter`` twice: the last item of each user tests, the one before
+    validates, ``groupby_sequences``), written as parquet sequences under ``out``;
+    the validation and test rows carry their ``ground_truth`` item lists."""
+    from replay.data.nn.utils import groupby_sequences
+    from replay.preprocessing import LabelEncoder, LabelEncodingRule
+    from replay.splitters import LastNSplitter
+
+    events = s3rec_events(source)
+    encoder = LabelEncoder([LabelEncodingRule("user_id"), LabelEncodingRule("item_id")]).fit(events)
+    events = encoder.transform(events)
+    splitter = LastNSplitter(N=1, divide_column="user_id", query_column="user_id", strategy="interactions")
+    test_events, test_gt = splitter.split(events)
+    train_events, val_gt = splitter.split(test_events)
+
+    def sequences(frame, gt=None):
+        seqs = groupby_sequences(frame, groupby_col="user_id", sort_col="timestamp")[["user_id", "item_id"]]
+        if gt is not None:
+            gt = groupby_sequences(gt, groupby_col="user_id", sort_col="timestamp")
+            seqs = seqs.merge(gt[["user_id", "item_id"]].rename(columns={"item_id": "ground_truth"}), on="user_id")
+        return seqs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sequences(train_events).to_parquet(out / "train.parquet")
+    sequences(train_events, val_gt).to_parquet(out / "val.parquet")
+    sequences(test_events, test_gt).to_parquet(out / "test.parquet")
+    return ParquetSplits(out, len(encoder.mapping["item_id"]), int(events.user_id.nunique()), len(events), test_gt)
 
 
 def item_table(model: torch.nn.Module) -> Tensor:
